@@ -1,0 +1,185 @@
+"""Parameter files: strict loading, atomic saving, the architecture as JSON beside the weights.
+
+`model/bort.params` sits next to `model/bort.json` (the `ModelConfig`); a file without its JSON is
+read with the config the caller names. Files are MXNet's NDArray format (`mx.nd.save`), which is not
+pickle. Training state (optimizer, step, data position, RNG) goes in `<name>.states` and `<name>.state.json`.
+"""
+import json
+import os
+
+import bort  # noqa: F401
+import mxnet as mx
+
+from .errors import BortError
+from .io import atomic_path, write_json
+from .model import ModelConfig, build_model, get_config
+
+
+def config_path(params_path):
+    return os.path.splitext(os.fspath(params_path))[0] + ".json"
+
+
+def read_params_file(path):
+    """{name: NDArray} from an MXNet parameter file, with one-line errors for missing/corrupt files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BortError(f"{path}: parameter file not found")
+    try:
+        arrays = mx.nd.load(path)
+    except mx.base.MXNetError as err:
+        raise BortError(f"{path}: not a valid MXNet parameter file (truncated or corrupt)") from None
+    if not isinstance(arrays, dict):
+        raise BortError(f"{path}: expected named parameters, found an unnamed list of {len(arrays)} arrays")
+    # Files written by HybridBlock.export prefix names with arg:/aux:.
+    return {name.split(":", 1)[1] if name[:4] in ("arg:", "aux:") else name: value for name, value in arrays.items()}
+
+
+def check_compatible(model_shapes, file_shapes, source, allow_missing=(), ignore_extra=()):
+    """Raise one BortError listing missing, unexpected and wrong-shape parameters."""
+    missing = sorted(n for n in model_shapes if n not in file_shapes and not n.startswith(tuple(allow_missing)))
+    unexpected = sorted(n for n in file_shapes if n not in model_shapes and not n.startswith(tuple(ignore_extra)))
+    wrong = sorted(f"{n} (file {tuple(file_shapes[n])} vs model {tuple(model_shapes[n])})"
+                   for n in model_shapes if n in file_shapes and tuple(file_shapes[n]) != tuple(model_shapes[n]))
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {', '.join(_abbreviate(missing))}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)}: {', '.join(_abbreviate(unexpected))}")
+    if wrong:
+        problems.append(f"wrong shape {len(wrong)}: {', '.join(_abbreviate(wrong))}")
+    if problems:
+        raise BortError(f"{source}: parameters do not match the model; " + "; ".join(problems))
+
+
+def _abbreviate(names, limit=6):
+    return names if len(names) <= limit else names[:limit] + [f"... ({len(names) - limit} more)"]
+
+
+def load_parameters(block, path, allow_missing=(), ignore_extra=(), ctx=None):
+    """Strictly load `path` into an initialized block.
+
+    allow_missing: name prefixes that may stay as initialized (a new task head, when asked).
+    ignore_extra: name prefixes in the file that are skipped (e.g. 'decoder.' for an encoder-only model).
+    """
+    arrays = read_params_file(path)
+    params = block._collect_params_with_prefix()
+    _finish_deferred_init(block, params)
+    check_compatible({n: p.shape for n, p in params.items()}, {n: a.shape for n, a in arrays.items()},
+                     os.fspath(path), allow_missing, ignore_extra)
+    for name, param in params.items():
+        if name in arrays:
+            param.set_data(arrays[name].astype(param.dtype))
+    return block
+
+
+def _finish_deferred_init(block, params):
+    """Dense layers without in_units have unknown shapes until a first forward; run one tiny batch."""
+    if all(0 not in p.shape for p in params.values()):
+        return
+    config = getattr(block, "config", None)
+    if config is None:
+        raise BortError("cannot load into a block whose parameter shapes are not known yet; run a forward first")
+    tokens = mx.nd.zeros((1, 2), ctx=_context_of(params))
+    with mx.autograd.pause():
+        if getattr(block, "has_decoder", False):
+            block(tokens, mx.nd.array([2], ctx=tokens.context), mx.nd.zeros((1, 1), ctx=tokens.context))
+        else:
+            block(tokens)
+
+
+def _context_of(params):
+    for param in params.values():
+        try:
+            return param.list_ctx()[0]
+        except Exception:  # noqa: BLE001 - uninitialized parameter
+            continue
+    return mx.cpu()
+
+
+def save_parameters(block, path, config=None):
+    """Write `path` atomically (and the config JSON beside it when given)."""
+    if config is not None:
+        write_json(config_path(path), config.to_dict() if isinstance(config, ModelConfig) else config)
+    with atomic_path(path) as tmp:
+        arrays = {name: param.data() for name, param in block._collect_params_with_prefix().items()}
+        # Tied weights appear under two names; keep both so the file matches gluon-nlp's layout.
+        mx.nd.save(tmp, arrays)
+
+
+def read_config(params_path, fallback=None):
+    """The ModelConfig stored beside a params file, else `fallback` (a name, JSON path or ModelConfig)."""
+    path = config_path(params_path)
+    if os.path.isfile(path):
+        return get_config(path)
+    if fallback is None:
+        raise BortError(f"{params_path}: no config {path} beside it; pass the model config name explicitly")
+    return fallback if isinstance(fallback, ModelConfig) else get_config(fallback)
+
+
+def load_model(params_path, config=None, use_decoder=True, ctx=None, allow_missing=(), **overrides):
+    """Build the model a params file describes (or `config`) and load it strictly."""
+    config = read_config(params_path, config)
+    if overrides:
+        config = config.replace(**overrides)
+    model = build_model(config, use_decoder=use_decoder, ctx=ctx)
+    ignore = () if use_decoder else ("decoder.",)
+    load_parameters(model, params_path, allow_missing=allow_missing, ignore_extra=ignore)
+    return model
+
+
+def save_training_state(prefix, trainer, state):
+    """Save `<prefix>.states` (optimizer state arrays) and `<prefix>.state.json` (step, data position, RNG...).
+
+    MXNet's own `Trainer.save_states` pickles; this writes the optimizer's arrays in the NDArray format
+    and its counters as JSON, so a resumed checkpoint never unpickles anything.
+    """
+    updater = trainer._updaters[0]
+    arrays, layout = {}, {}
+    for index, value in updater.states.items():
+        parts = value if isinstance(value, (tuple, list)) else (value,)
+        layout[str(index)] = [part is not None for part in parts] if isinstance(value, (tuple, list)) else None
+        for j, part in enumerate(parts):
+            if part is not None:
+                arrays[f"{index}:{j}"] = part
+    optimizer = trainer._optimizer
+    state = dict(state, optimizer={
+        "num_update": optimizer.num_update,
+        "index_update_count": {str(k): v for k, v in optimizer._index_update_count.items()},
+        "layout": layout})
+    with atomic_path(prefix + ".states") as tmp:
+        mx.nd.save(tmp, arrays)
+    write_json(prefix + ".state.json", state)
+
+
+def load_training_state(prefix, trainer, params):
+    """Restore what save_training_state wrote into `trainer` (whose parameters are `params`, in order);
+    returns the state dict."""
+    states, meta = prefix + ".states", prefix + ".state.json"
+    for path in (states, meta):
+        if not os.path.isfile(path):
+            raise BortError(f"{path}: training state not found")
+    try:
+        with open(meta, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise BortError(f"{meta}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    arrays = read_params_file(states)
+    optimizer, updater = trainer._optimizer, trainer._updaters[0]
+    saved = state.get("optimizer", {})
+    for key, present in saved.get("layout", {}).items():
+        index = int(key)
+        weight = params[index].data()
+        fresh = optimizer.create_state_multi_precision(index, weight)
+        if present is None:
+            fresh.__setitem__(slice(None), arrays[f"{index}:0"])
+        else:
+            for j, (part, has) in enumerate(zip(fresh, present)):
+                if has:
+                    part[:] = arrays[f"{index}:{j}"]
+        updater.states[index] = fresh
+        updater.states_synced[index] = True
+    optimizer.num_update = saved.get("num_update", 0)
+    counts = {int(k): v for k, v in saved.get("index_update_count", {}).items()}
+    optimizer._all_index_update_counts = {0: counts}
+    optimizer._index_update_count = counts
+    return state
