@@ -61,14 +61,21 @@ def load_parameters(block, path, allow_missing=(), ignore_extra=(), ctx=None):
     allow_missing: name prefixes that may stay as initialized (a new task head, when asked).
     ignore_extra: name prefixes in the file that are skipped (e.g. 'decoder.' for an encoder-only model).
     """
-    arrays = read_params_file(path)
+    return load_arrays(block, read_params_file(path), os.fspath(path), allow_missing, ignore_extra)
+
+
+def load_arrays(block, arrays, source, allow_missing=(), ignore_extra=()):
+    """Strictly copy {name: NDArray or numpy array} into an initialized block (`source` names them in errors)."""
     params = block._collect_params_with_prefix()
     _finish_deferred_init(block, params)
     check_compatible({n: p.shape for n, p in params.items()}, {n: a.shape for n, a in arrays.items()},
-                     os.fspath(path), allow_missing, ignore_extra)
+                     source, allow_missing, ignore_extra)
     for name, param in params.items():
         if name in arrays:
-            param.set_data(arrays[name].astype(param.dtype))
+            value = arrays[name]
+            if not isinstance(value, mx.nd.NDArray):
+                value = mx.nd.array(value, dtype=param.dtype)
+            param.set_data(value.astype(param.dtype))
     return block
 
 
@@ -152,8 +159,10 @@ def save_training_state(prefix, trainer, state):
 
 
 def load_training_state(prefix, trainer, params):
-    """Restore what save_training_state wrote into `trainer` (whose parameters are `params`, in order);
-    returns the state dict."""
+    """Restore what save_training_state wrote into `trainer`; returns the state dict.
+
+    `params` is accepted for compatibility; the optimizer states are matched to `trainer`'s own parameter order.
+    """
     states, meta = prefix + ".states", prefix + ".state.json"
     for path in (states, meta):
         if not os.path.isfile(path):
@@ -168,7 +177,9 @@ def load_training_state(prefix, trainer, params):
     saved = state.get("optimizer", {})
     for key, present in saved.get("layout", {}).items():
         index = int(key)
-        weight = params[index].data()
+        # The Trainer numbers parameters in its own order (sorted by name for a ParameterDict), which
+        # need not be the caller's list order.
+        weight = trainer._params[index].data()
         fresh = optimizer.create_state_multi_precision(index, weight)
         if present is None:
             fresh.__setitem__(slice(None), arrays[f"{index}:0"])

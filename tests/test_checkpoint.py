@@ -1,0 +1,197 @@
+"""Parameter files: round trips, strict one-line errors, config beside the weights, atomic saves, training state."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bort  # noqa: F401
+import gluonnlp  # noqa: F401  (registers the 'bertadam' optimizer)
+import mxnet as mx
+
+from bort import checkpoint
+from bort.checkpoint import (config_path, load_model, load_parameters, load_training_state, read_config,
+                             read_params_file, save_parameters, save_training_state)
+from bort.errors import BortError
+from bort.model import build_model, get_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _inputs(config):
+    rng = np.random.RandomState(0)
+    return mx.nd.array(rng.randint(3, config.vocab_size, size=(2, 6))), mx.nd.array([6, 3]), \
+        mx.nd.array([[1, 2], [0, 2]])
+
+
+def _saved(tmp_path, name="bort_tiny", use_decoder=True, seed=0, **overrides):
+    mx.random.seed(seed)
+    config = get_config(name, **overrides)
+    model = build_model(config, use_decoder=use_decoder)
+    model(*_inputs(config)[:2], _inputs(config)[2] if use_decoder else None)
+    path = tmp_path / f"{name}_{seed}_{int(use_decoder)}.params"
+    save_parameters(model, path, config)
+    return model, config, path
+
+
+def _one_line_error(func, *args, **kwargs):
+    with pytest.raises(BortError) as err:
+        func(*args, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def test_round_trip_and_config_beside_params(tmp_path):
+    model, config, path = _saved(tmp_path)
+    assert os.path.isfile(config_path(path)) and config_path(path).endswith(".json")
+    assert json.loads(open(config_path(path)).read()) == config.to_dict()
+    assert read_config(path) == config
+    loaded = load_model(path)
+    ids, valid, positions = _inputs(config)
+    for a, b in zip(model(ids, valid, positions), loaded(ids, valid, positions)):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    arrays = read_params_file(path)
+    assert np.array_equal(arrays["decoder.3.weight"].asnumpy(), arrays["word_embed.0.weight"].asnumpy())
+    encoder_only = load_model(path, use_decoder=False)  # the MLM head in the file is skipped when not wanted
+    np.testing.assert_array_equal(encoder_only(ids, valid).asnumpy(), model(ids, valid, positions)[0].asnumpy())
+
+
+def test_missing_config_needs_a_fallback(tmp_path):
+    _, config, path = _saved(tmp_path)
+    os.remove(config_path(path))
+    message = _one_line_error(read_config, path)
+    assert "pass the model config name" in message
+    assert read_config(path, "bort_tiny") == config
+
+
+def test_wrong_shapes_name_both_shapes(tmp_path):
+    _, _, path = _saved(tmp_path, vocab_size=600)
+    model = build_model("bort_tiny")
+    message = _one_line_error(load_parameters, model, path)
+    assert "wrong shape" in message and "word_embed.0.weight (file (600, 64) vs model (50265, 64))" in message
+    assert str(path) in message
+
+
+def test_missing_and_unexpected_keys(tmp_path):
+    _, _, encoder_path = _saved(tmp_path, use_decoder=False)
+    message = _one_line_error(load_parameters, build_model("bort_tiny", use_decoder=True), encoder_path)
+    assert "missing" in message and "decoder.0.weight" in message
+    _, _, full_path = _saved(tmp_path, use_decoder=True, seed=1)
+    message = _one_line_error(load_parameters, build_model("bort_tiny", use_decoder=False), full_path)
+    assert "unexpected" in message and "decoder.2.gamma" in message
+    # A new task head may start from random only when asked.
+    load_parameters(build_model("bort_tiny", use_decoder=True), encoder_path, allow_missing=("decoder.",))
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    _, _, path = _saved(tmp_path)
+    data = open(path, "rb").read()
+    truncated = tmp_path / "truncated.params"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert "truncated or corrupt" in _one_line_error(read_params_file, truncated)
+    text = tmp_path / "notes.params"
+    text.write_text("these are not parameters\n")
+    assert "not a valid MXNet parameter file" in _one_line_error(read_params_file, text)
+    assert "not found" in _one_line_error(read_params_file, tmp_path / "absent.params")
+    unnamed = tmp_path / "list.params"
+    mx.nd.save(str(unnamed), [mx.nd.ones(3)])
+    assert "unnamed list" in _one_line_error(read_params_file, unnamed)
+
+
+def test_cli_bad_params_file_exits_non_zero_with_one_line(tmp_path):
+    bad = tmp_path / "bad.params"
+    bad.write_bytes(b"\x12\x01\x00\x00\x00\x00\x00\x00garbage")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_checkpoint.py"), "gluon2hf",
+                             "--params", str(bad), "--config", "bort_tiny", "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0
+    assert str(bad) in result.stderr
+    assert not os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
+def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
+    model, config, path = _saved(tmp_path)
+    before = open(path, "rb").read()
+
+    def broken_save(fname, data):
+        with open(fname, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.mx.nd, "save", broken_save)
+    with pytest.raises(OSError):
+        save_parameters(model, path)
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == sorted([path.name, os.path.basename(config_path(path))])
+
+
+def _net(seed):
+    mx.random.seed(seed)
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Dense(8, in_units=5, activation="tanh"), mx.gluon.nn.LayerNorm(in_channels=8),
+            mx.gluon.nn.Dense(3, in_units=8))
+    net.initialize(mx.init.Normal(0.5))
+    return net
+
+
+def _step(net, trainer, batch):
+    x, y = batch
+    with mx.autograd.record():
+        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y)
+    loss.backward()
+    trainer.step(x.shape[0])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "bertadam"])
+def test_training_state_resume_matches_uninterrupted_run(tmp_path, optimizer):
+    rng = np.random.RandomState(0)
+    batches = [(mx.nd.array(rng.randn(4, 5)), mx.nd.array(rng.randint(0, 3, size=4))) for _ in range(6)]
+    settings = {"learning_rate": 0.05, "wd": 0.01}
+
+    net = _net(0)
+    trainer = mx.gluon.Trainer(net.collect_params(), optimizer, settings)
+    for batch in batches[:3]:
+        _step(net, trainer, batch)
+    net.save_parameters(str(tmp_path / "net.params"))
+    save_training_state(str(tmp_path / "ckpt"), trainer, {"step": 3, "data_position": 12})
+    for batch in batches[3:]:
+        _step(net, trainer, batch)
+    uninterrupted = [p.data().asnumpy() for p in net.collect_params().values()]
+
+    resumed = _net(1)  # different random init, overwritten by the checkpoint
+    resumed.load_parameters(str(tmp_path / "net.params"))
+    params = list(resumed.collect_params().values())
+    new_trainer = mx.gluon.Trainer(resumed.collect_params(), optimizer, settings)
+    state = load_training_state(str(tmp_path / "ckpt"), new_trainer, params)
+    assert state["step"] == 3 and state["data_position"] == 12
+    for batch in batches[3:]:
+        _step(resumed, new_trainer, batch)
+    for a, b in zip(uninterrupted, [p.data().asnumpy() for p in params]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+    # Without the optimizer state the continuation differs (so the check above means something).
+    fresh = _net(1)
+    fresh.load_parameters(str(tmp_path / "net.params"))
+    fresh_trainer = mx.gluon.Trainer(fresh.collect_params(), optimizer, settings)
+    for batch in batches[3:]:
+        _step(fresh, fresh_trainer, batch)
+    assert max(np.abs(a - p.data().asnumpy()).max()
+               for a, p in zip(uninterrupted, fresh.collect_params().values())) > 1e-4
+
+
+def test_training_state_files_are_pickle_free_and_checked(tmp_path):
+    net = _net(0)
+    trainer = mx.gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 0.01})
+    _step(net, trainer, (mx.nd.ones((2, 5)), mx.nd.array([0, 1])))
+    save_training_state(str(tmp_path / "s"), trainer, {"step": 1})
+    assert isinstance(mx.nd.load(str(tmp_path / "s.states")), dict)  # NDArray format, not pickle
+    assert json.loads((tmp_path / "s.state.json").read_text())["optimizer"]["num_update"] == 1
+    message = _one_line_error(load_training_state, str(tmp_path / "absent"), trainer, [])
+    assert "training state not found" in message
+    (tmp_path / "s.state.json").write_text("{broken")
+    assert "not valid JSON" in _one_line_error(load_training_state, str(tmp_path / "s"), trainer,
+                                               list(net.collect_params().values()))
