@@ -134,34 +134,43 @@ def load_model(params_path, config=None, use_decoder=True, ctx=None, allow_missi
     return model
 
 
-def save_training_state(prefix, trainer, state):
+def _state_names(trainer, params):
+    """Names under which optimizer states are stored: the keys of `params` ({name: Parameter}) when given,
+    else the parameters' own names (stable for BortModel, whose prefix is fixed)."""
+    by_id = {id(p): name for name, p in params.items()} if isinstance(params, dict) else {}
+    return [by_id.get(id(param), param.name) for param in trainer._params]
+
+
+def save_training_state(prefix, trainer, state, params=None):
     """Save `<prefix>.states` (optimizer state arrays) and `<prefix>.state.json` (step, data position, RNG...).
 
     MXNet's own `Trainer.save_states` pickles; this writes the optimizer's arrays in the NDArray format
-    and its counters as JSON, so a resumed checkpoint never unpickles anything.
+    and its counters as JSON, keyed by parameter name (not by the trainer's index, which depends on how
+    the parameters happened to be ordered), so a resumed checkpoint never unpickles anything.
+    Pass `params` as {name: Parameter} to choose the names (e.g. `trainable_parameters(block)`).
     """
-    updater = trainer._updaters[0]
-    arrays, layout = {}, {}
+    updater, optimizer = trainer._updaters[0], trainer._optimizer
+    names = _state_names(trainer, params)
+    arrays, layout, counts = {}, {}, {}
     for index, value in updater.states.items():
+        name = names[index]
         parts = value if isinstance(value, (tuple, list)) else (value,)
-        layout[str(index)] = [part is not None for part in parts] if isinstance(value, (tuple, list)) else None
+        layout[name] = [part is not None for part in parts] if isinstance(value, (tuple, list)) else None
         for j, part in enumerate(parts):
             if part is not None:
-                arrays[f"{index}:{j}"] = part
-    optimizer = trainer._optimizer
-    state = dict(state, optimizer={
-        "num_update": optimizer.num_update,
-        "index_update_count": {str(k): v for k, v in optimizer._index_update_count.items()},
-        "layout": layout})
+                arrays[f"{name}:{j}"] = part
+    for index, count in optimizer._index_update_count.items():
+        counts[names[index]] = count
+    state = dict(state, optimizer={"num_update": optimizer.num_update, "update_count": counts, "layout": layout})
     with atomic_path(prefix + ".states") as tmp:
         mx.nd.save(tmp, arrays)
     write_json(prefix + ".state.json", state)
 
 
-def load_training_state(prefix, trainer, params):
+def load_training_state(prefix, trainer, params=None):
     """Restore what save_training_state wrote into `trainer`; returns the state dict.
 
-    `params` is accepted for compatibility; the optimizer states are matched to `trainer`'s own parameter order.
+    States are matched to the trainer's parameters by name; pass the same `params` as to save_training_state.
     """
     states, meta = prefix + ".states", prefix + ".state.json"
     for path in (states, meta):
@@ -174,23 +183,27 @@ def load_training_state(prefix, trainer, params):
         raise BortError(f"{meta}: line {err.lineno}: not valid JSON ({err.msg})") from None
     arrays = read_params_file(states)
     optimizer, updater = trainer._optimizer, trainer._updaters[0]
+    index_of = {name: index for index, name in enumerate(_state_names(trainer, params))}
     saved = state.get("optimizer", {})
-    for key, present in saved.get("layout", {}).items():
-        index = int(key)
-        # The Trainer numbers parameters in its own order (sorted by name for a ParameterDict), which
-        # need not be the caller's list order.
-        weight = trainer._params[index].data()
-        fresh = optimizer.create_state_multi_precision(index, weight)
-        if present is None:
-            fresh.__setitem__(slice(None), arrays[f"{index}:0"])
-        else:
-            for j, (part, has) in enumerate(zip(fresh, present)):
-                if has:
-                    part[:] = arrays[f"{index}:{j}"]
+    unknown = sorted(set(saved.get("layout", {})) - set(index_of))
+    if unknown:
+        raise BortError(f"{states}: optimizer state for parameters the model does not have: {unknown[:5]}")
+    for name, present in saved.get("layout", {}).items():
+        index = index_of[name]
+        fresh = optimizer.create_state_multi_precision(index, trainer._params[index].data())
+        try:
+            if present is None:
+                fresh[:] = arrays[f"{name}:0"]
+            else:
+                for j, (part, has) in enumerate(zip(fresh, present)):
+                    if has:
+                        part[:] = arrays[f"{name}:{j}"]
+        except (KeyError, mx.base.MXNetError):
+            raise BortError(f"{states}: optimizer state of {name} is missing or has the wrong shape") from None
         updater.states[index] = fresh
         updater.states_synced[index] = True
     optimizer.num_update = saved.get("num_update", 0)
-    counts = {int(k): v for k, v in saved.get("index_update_count", {}).items()}
+    counts = {index_of[name]: count for name, count in saved.get("update_count", {}).items()}
     optimizer._all_index_update_counts = {0: counts}
     optimizer._index_update_count = counts
     return state

@@ -157,7 +157,8 @@ def test_training_state_resume_matches_uninterrupted_run(tmp_path, optimizer):
     for batch in batches[:3]:
         _step(net, trainer, batch)
     net.save_parameters(str(tmp_path / "net.params"))
-    save_training_state(str(tmp_path / "ckpt"), trainer, {"step": 3, "data_position": 12})
+    save_training_state(str(tmp_path / "ckpt"), trainer, {"step": 3, "data_position": 12},
+                        net._collect_params_with_prefix())
     for batch in batches[3:]:
         _step(net, trainer, batch)
     uninterrupted = [p.data().asnumpy() for p in net.collect_params().values()]
@@ -166,7 +167,7 @@ def test_training_state_resume_matches_uninterrupted_run(tmp_path, optimizer):
     resumed.load_parameters(str(tmp_path / "net.params"))
     params = list(resumed.collect_params().values())
     new_trainer = mx.gluon.Trainer(resumed.collect_params(), optimizer, settings)
-    state = load_training_state(str(tmp_path / "ckpt"), new_trainer, params)
+    state = load_training_state(str(tmp_path / "ckpt"), new_trainer, resumed._collect_params_with_prefix())
     assert state["step"] == 3 and state["data_position"] == 12
     for batch in batches[3:]:
         _step(resumed, new_trainer, batch)
