@@ -1,0 +1,166 @@
+"""Agora-style hyperparameter grid search over finetune_bort.py (the original never released its Agora code).
+
+A grid is a JSON file {flag: [values, ...]} (scripts/agora_grids/default.json, or <TASK>.json beside it when it
+exists). Each combination is one trial, run as its own finetune_bort.py process in `<output_dir>/<trial>/`; a
+trial is finished when its result.json exists, so a rerun skips finished trials and reruns interrupted ones
+(failed ones too with retry_failed). A crashed trial is recorded (status.json) and the search goes on. Results
+are written to `<output_dir>/results.csv` and `results.md`, sorted by the dev score, best first.
+"""
+import csv
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+from .errors import BortError
+from .io import atomic_write, write_json
+
+GRID_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "agora_grids")
+FINETUNE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "finetune_bort.py")
+
+
+def grid_path(task_name, explicit=None):
+    if explicit:
+        return explicit
+    per_task = os.path.join(GRID_DIR, f"{task_name}.json")
+    return per_task if os.path.isfile(per_task) else os.path.join(GRID_DIR, "default.json")
+
+
+def read_grid(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            grid = json.load(handle)
+    except FileNotFoundError:
+        raise BortError(f"{path}: grid file not found") from None
+    except json.JSONDecodeError as err:
+        raise BortError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    if not isinstance(grid, dict):
+        raise BortError(f"{path}: expected a JSON object {{flag: [values]}}")
+    grid = {k: v for k, v in grid.items() if not k.startswith("_")}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise BortError(f"{path}: {key!r} must be a non-empty list of values")
+    return grid
+
+
+def trials(grid):
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        name = "_".join(f"{k}{v}" for k, v in setting.items())
+        yield name, setting
+
+
+def trial_status(folder):
+    if os.path.isfile(os.path.join(folder, "result.json")):
+        return "done"
+    status = os.path.join(folder, "status.json")
+    if os.path.isfile(status):
+        with open(status, encoding="utf-8") as handle:
+            recorded = json.load(handle).get("status")
+        return "failed" if recorded == "failed" else "incomplete"  # running/done without a result: interrupted
+    return "incomplete" if os.path.isdir(folder) else "pending"
+
+
+def run_trial(name, setting, args, device, python=sys.executable):
+    folder = os.path.join(args.output_dir, name)
+    os.makedirs(folder, exist_ok=True)
+    command = [python, FINETUNE, "--task_name", args.task_name, "--output_dir", folder]
+    for key, value in setting.items():
+        command += [f"--{key}", str(value)]
+    command += ["--gpu", str(device)] + list(args.finetune_args)
+    write_json(os.path.join(folder, "status.json"), {"status": "running", "command": command, "device": device})
+    tic = time.time()
+    with open(os.path.join(folder, "log.txt"), "w", encoding="utf-8") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+    status = {"status": "done" if code == 0 else "failed", "returncode": code, "seconds": time.time() - tic,
+              "command": command, "device": device}
+    if code != 0:
+        status["error"] = last_error_line(os.path.join(folder, "log.txt"))
+    write_json(os.path.join(folder, "status.json"), status)
+    return status
+
+
+def last_error_line(log_path):
+    with open(log_path, encoding="utf-8", errors="replace") as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+    return (errors or lines or ["(no output)"])[-1][:300]
+
+
+def search(args):
+    """Run (or resume) the grid; returns the sorted result rows."""
+    grid = read_grid(grid_path(args.task_name, args.grid))
+    todo, all_trials = [], list(trials(grid))
+    for name, setting in all_trials:
+        status = trial_status(os.path.join(args.output_dir, name))
+        if status == "done" or (status == "failed" and not args.retry_failed):
+            continue
+        todo.append((name, setting))
+    print(f"agora: {len(all_trials)} trials, {len(all_trials) - len(todo)} already recorded, {len(todo)} to run",
+          flush=True)
+    devices = args.gpus if args.gpus else [999]
+    jobs = queue.Queue()
+    for item in todo:
+        jobs.put(item)
+
+    def worker(device):
+        while True:
+            try:
+                name, setting = jobs.get_nowait()
+            except queue.Empty:
+                return
+            status = run_trial(name, setting, args, device)
+            print(f"agora: {name} on {'cpu' if device == 999 else f'gpu {device}'}: {status['status']} "
+                  f"({status['seconds']:.0f} s){' ' + status.get('error', '') if status['status'] != 'done' else ''}",
+                  flush=True)
+
+    threads = [threading.Thread(target=worker, args=(d,)) for d in devices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rows = collect(args.output_dir, all_trials)
+    write_tables(args.output_dir, rows)
+    return rows
+
+
+def collect(output_dir, all_trials):
+    rows = []
+    for name, setting in all_trials:
+        folder = os.path.join(output_dir, name)
+        row = {"trial": name, **setting, "status": trial_status(folder), "score": None, "metrics": "",
+               "best_epoch": None, "checkpoint": "", "error": ""}
+        result_path = os.path.join(folder, "result.json")
+        if row["status"] == "done" and os.path.isfile(result_path):
+            with open(result_path, encoding="utf-8") as handle:
+                result = json.load(handle)
+            row.update(score=result.get("score"), best_epoch=result.get("best_epoch"),
+                       checkpoint=result.get("checkpoint") or "",
+                       metrics="; ".join(f"{seg}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items())
+                                         for seg, m in result.get("dev", {}).items()))
+        elif row["status"] == "failed":
+            with open(os.path.join(folder, "status.json"), encoding="utf-8") as handle:
+                row["error"] = json.load(handle).get("error", "")
+        rows.append(row)
+    rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0)))
+    return rows
+
+
+def write_tables(output_dir, rows):
+    if not rows:
+        return
+    fields = list(rows[0])
+    with atomic_write(os.path.join(output_dir, "results.csv")) as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_write(os.path.join(output_dir, "results.md")) as handle:
+        handle.write("| " + " | ".join(fields) + " |\n|" + "---|" * len(fields) + "\n")
+        for row in rows:
+            cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row.values()]
+            handle.write("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n")

@@ -1,0 +1,416 @@
+"""The task registry: every GLUE, SuperGLUE and RACE task as one `Task` entry.
+
+API (used by finetune_bort.py, scripts/agora.py and prediction scripts):
+
+    task = get_task("MRPC")                        # names of the original are accepted too (SST, AXb, RACE-H, ...)
+    examples = task.read("dev", data_dir)          # segment names: task.train_segment, task.dev_segments,
+                                                   # task.test_segments (segment -> submission file name)
+    instances = task.encode(examples, tokenizer, max_len, train=False)
+    model = build_task_model(task, config, dropout)            # bort.heads.TaskModel: encoder + task head
+    outputs = predict_outputs(task, model, instances, ...)     # raw scores, one row per instance
+    preds = task.predict(examples, instances, outputs)         # one prediction per example
+    task.metrics(preds, task.gold(examples))                   # {"accuracy": ..., ...}; task.main_metric names one
+    task.write_submission(preds, examples, out_dir, segment)   # leaderboard file; returns its path
+    model = load_task_checkpoint(path, task, ctx)              # one-line error for another task's checkpoint
+
+Encoding follows the original Bort fine-tuning: `<s> A </s>` for one text and `<s> A </s> B </s>` for a pair
+(one separator, as its `concat_sequences`), both texts truncated to equal shares of `max_len`. Kinds of task:
+
+- classify / regress: one sequence per example (STS-B: one output, L2 loss).
+- choice (COPA, RACE): one sequence per option, one score each, softmax over the options. COPA's option is
+  "premise because|so choice" (the original's phrasing); RACE's is the pair (article, question + option).
+- answers (MultiRC): one pair (passage, question + answer) per answer option, classified true/false.
+- entities (ReCoRD): one pair (passage, query with @placeholder replaced by the entity) per candidate entity,
+  classified true/false; the prediction is the candidate with the highest score. Training uses the original's
+  semi-balanced set (positives paired with as many negatives).
+- spans (WiC, WSC): pairs plus the mean of the span tokens in the head (see bort/heads.py).
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from data.glue import GLUE_COLUMNS, default_data_dir, read_glue
+from data.race import LETTERS, race_dir, read_race
+from data.superglue import SUPERGLUE_DIRS, read_superglue
+
+from . import metrics as M
+from .errors import BortError
+from .io import atomic_write
+
+CLASSIFY, REGRESS, CHOICE, ANSWERS, ENTITIES = "classify", "regress", "choice", "answers", "entities"
+
+
+@dataclasses.dataclass
+class Instance:
+    """One training/prediction unit: K token sequences (K > 1 for multiple choice), spans, a target."""
+
+    example: int
+    seqs: list
+    spans: list = None  # per sequence: [(start, end), ...] token positions
+    target: float = None
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    benchmark: str  # glue, superglue, race
+    kind: str
+    labels: tuple = ()  # class names as they appear in the data (classify)
+    output_labels: tuple = ()  # label strings written to the leaderboard file, same order (default: labels)
+    num_spans: int = 0
+    num_choices: int = 0
+    main_metric: str = "accuracy"
+    metric_names: tuple = ("accuracy",)
+    dev_segments: tuple = ("dev",)
+    test_segments: tuple = (("test", None),)  # (segment, submission file stem)
+    model_task: str = None  # diagnostics are predicted with this task's checkpoint
+    aliases: tuple = ()
+
+    # ---- data -------------------------------------------------------------------------------------------
+    @property
+    def train_segment(self):
+        return "train"
+
+    @property
+    def default_dirname(self):
+        if self.benchmark == "glue":
+            return GLUE_COLUMNS[self.name][0]
+        if self.benchmark == "superglue":
+            return SUPERGLUE_DIRS[self.name]
+        return "race"
+
+    def default_data_dir(self):
+        return race_dir() if self.benchmark == "race" else default_data_dir(self.default_dirname)
+
+    def read(self, segment, data_dir=None):
+        data_dir = os.path.expanduser(data_dir or self.default_data_dir())
+        if self.benchmark == "glue":
+            examples = read_glue(self.name, segment, data_dir)
+        elif self.benchmark == "superglue":
+            examples = read_superglue(self.name, segment, data_dir)
+        else:
+            examples = read_race(self.name, segment, data_dir)
+        return examples
+
+    @property
+    def num_outputs(self):
+        if self.kind == CLASSIFY:
+            return len(self.labels)
+        if self.kind in (ANSWERS, ENTITIES):
+            return 2
+        return 1
+
+    # ---- labels -----------------------------------------------------------------------------------------
+    def label_index(self, label, where):
+        """The class index of a raw label from the data (bools and ints of SuperGLUE included)."""
+        if self.kind == REGRESS:
+            try:
+                return float(label)
+            except (TypeError, ValueError):
+                raise BortError(f"{where}: expected a numeric score, found {label!r}") from None
+        if self.kind == CHOICE:
+            if label not in range(self.num_choices) or isinstance(label, bool):
+                raise BortError(f"{where}: expected a label in 0..{self.num_choices - 1}, found {label!r}")
+            return int(label)
+        key = str(label).lower() if isinstance(label, bool) else str(label)
+        if key not in self.labels:
+            raise BortError(f"{where}: unknown label {label!r}; expected one of {list(self.labels)}")
+        return self.labels.index(key)
+
+    def gold(self, examples):
+        """Gold labels in the form `metrics` expects (None when the examples are unlabelled)."""
+        if any(e["label"] is None for e in examples):
+            return None
+        if self.kind == ANSWERS:
+            return [[self._binary(a["label"], e["where"]) for a in e["answers"]] for e in examples]
+        if self.kind == ENTITIES:
+            return [e["answers"] for e in examples]
+        return [self.label_index(e["label"], e["where"]) for e in examples]
+
+    @staticmethod
+    def _binary(label, where):
+        if label in (0, 1, True, False) and label is not None:
+            return int(label)
+        raise BortError(f"{where}: expected an answer label 0 or 1, found {label!r}")
+
+    # ---- encoding ---------------------------------------------------------------------------------------
+    def encode(self, examples, tokenizer, max_len, train=False):
+        encoder = SequenceEncoder(tokenizer, max_len)
+        instances = []
+        for i, ex in enumerate(examples):
+            labelled = ex["label"] is not None
+            if self.kind in (CLASSIFY, REGRESS):
+                spans = [(0,) + tuple(s) if j == 0 or self.name == "WSC" else (1,) + tuple(s)
+                         for j, s in enumerate(ex.get("spans", []))]
+                ids, token_spans = encoder(ex["text_a"], ex.get("text_b"), spans)
+                target = self.label_index(ex["label"], ex["where"]) if labelled else None
+                instances.append(Instance(i, [ids], [token_spans] if spans else None, target))
+            elif self.kind == CHOICE:
+                if self.name == "COPA":
+                    joint = " because " if ex["question"] == "cause" else " so "
+                    seqs = [encoder(ex["premise"] + joint + c[:1].lower() + c[1:])[0] for c in ex["choices"]]
+                else:
+                    seqs = [encoder(ex["text_a"], ex["question"] + " " + c)[0] for c in ex["choices"]]
+                target = self.label_index(ex["label"], ex["where"]) if labelled else None
+                instances.append(Instance(i, seqs, None, target))
+            elif self.kind == ANSWERS:
+                for answer in ex["answers"]:
+                    ids, _ = encoder(ex["text_a"], ex["question"] + " " + answer["text"])
+                    target = self._binary(answer["label"], ex["where"]) if answer["label"] is not None else None
+                    instances.append(Instance(i, [ids], None, target))
+            elif self.kind == ENTITIES:
+                rows = [(entity, int(entity in (ex["answers"] or []))) for entity in ex["entities"]]
+                if train and ex["answers"]:
+                    rows = semi_balanced(rows)
+                for entity, target in rows:
+                    ids, _ = encoder(ex["text_a"], ex["query"].replace("@placeholder", entity))
+                    instances.append(Instance(i, [ids], None, target if labelled else None))
+        return instances
+
+    # ---- predictions, metrics, files --------------------------------------------------------------------
+    def predict(self, examples, instances, outputs):
+        """Per-example predictions from per-instance outputs (array, one row per instance)."""
+        outputs = np.asarray(outputs)
+        if self.kind == REGRESS:
+            return [float(o[0]) for o in outputs]
+        if self.kind in (CLASSIFY, CHOICE):
+            return [int(np.argmax(o)) for o in outputs]
+        grouped = [[] for _ in examples]
+        for inst, out in zip(instances, outputs):
+            grouped[inst.example].append(out)
+        if self.kind == ANSWERS:
+            return [[int(np.argmax(o)) for o in rows] for rows in grouped]
+        preds = []
+        for ex, rows in zip(examples, grouped):
+            scores = [o[1] - o[0] for o in rows]
+            preds.append(ex["entities"][int(np.argmax(scores))] if scores else "")
+        return preds
+
+    def metrics(self, preds, labels):
+        if labels is None:
+            return {}
+        if self.kind == REGRESS:
+            return {"pearson": M.pearson(preds, labels), "spearman": M.spearman(preds, labels)}
+        if self.kind == ANSWERS:
+            f1a, em = M.multirc_scores(preds, labels)
+            return {"f1a": f1a, "em": em}
+        if self.kind == ENTITIES:
+            f1, em = M.record_scores(preds, labels)
+            return {"f1": f1, "em": em}
+        out = {"accuracy": M.accuracy(preds, labels)}
+        if "f1" in self.metric_names:
+            out["f1"] = M.f1(preds, labels)
+        if "mcc" in self.metric_names:
+            out["mcc"] = M.matthews_corr(preds, labels)
+        if "macro_f1" in self.metric_names:
+            out["macro_f1"] = M.macro_f1(preds, labels, num_classes=len(self.labels))
+        return out
+
+    def submission_name(self, segment):
+        for seg, stem in self.test_segments:
+            if seg == segment:
+                stem = stem or self.name
+                ext = {"glue": "tsv", "superglue": "jsonl", "race": "json"}[self.benchmark]
+                return f"{stem}.{ext}"
+        raise BortError(f"{self.name}: no test segment {segment!r}; expected one of "
+                        f"{[s for s, _ in self.test_segments]}")
+
+    def output_label(self, pred):
+        names = self.output_labels or self.labels
+        return names[pred]
+
+    def write_submission(self, preds, examples, out_dir, segment="test"):
+        """Write the leaderboard file for `segment` atomically; returns its path."""
+        path = os.path.join(out_dir, self.submission_name(segment))
+        with atomic_write(path) as handle:
+            if self.benchmark == "glue":
+                handle.write("index\tprediction\n")
+                for ex, pred in zip(examples, preds):
+                    value = f"{min(5.0, max(0.0, pred)):.3f}" if self.kind == REGRESS else self.output_label(pred)
+                    handle.write(f"{ex['idx']}\t{value}\n")
+            elif self.benchmark == "race":
+                json.dump({ex["idx"]: LETTERS[pred] for ex, pred in zip(examples, preds)}, handle, indent=1)
+                handle.write("\n")
+            elif self.kind == ANSWERS:
+                for record in nest_multirc(preds, examples):
+                    handle.write(json.dumps(record) + "\n")
+            else:
+                for ex, pred in zip(examples, preds):
+                    if self.kind == ENTITIES:
+                        label = pred
+                    elif self.kind == CHOICE:
+                        label = int(pred)
+                    else:
+                        label = self.output_label(pred)
+                    handle.write(json.dumps({"idx": ex["idx"], "label": label}) + "\n")
+        return path
+
+
+def nest_multirc(preds, examples):
+    """MultiRC's nested submission: one line per passage, its questions and their answers' 0/1 labels."""
+    passages = {}
+    for ex, pred in zip(examples, preds):
+        passage = passages.setdefault(ex["passage_idx"], {"idx": ex["passage_idx"], "passage": {"questions": []}})
+        passage["passage"]["questions"].append(
+            {"idx": ex["idx"], "answers": [{"idx": a["idx"], "label": int(p)} for a, p in zip(ex["answers"], pred)]})
+    return list(passages.values())
+
+
+def semi_balanced(rows):
+    """The original ReCoRD training set: each positive paired with a negative (all rows when positives dominate)."""
+    positives = [r for r in rows if r[1]]
+    negatives = [r for r in rows if not r[1]]
+    if len(positives) > len(negatives):
+        return positives + negatives
+    out = []
+    for pos, neg in zip(positives, negatives):
+        out += [pos, neg]
+    return out
+
+
+def truncate_equal(lengths, budget):
+    """Lengths after truncating sequences to equal shares of `budget` (short ones kept whole), as the original."""
+    lengths = list(lengths)
+    if sum(lengths) <= budget:
+        return lengths
+    result, remaining = list(lengths), list(range(len(lengths)))
+    while remaining:
+        share, extra = divmod(budget, len(remaining))
+        shortest = min(remaining, key=lambda i: lengths[i])
+        if lengths[shortest] <= share:
+            remaining.remove(shortest)
+            budget -= lengths[shortest]
+            continue
+        for rank, i in enumerate(remaining):
+            result[i] = share + 1 if rank < extra else share
+        break
+    return result
+
+
+class SequenceEncoder:
+    """Text (pair) -> token ids with <s> ... </s> [B </s>], spans given as (text number, char start, char end)."""
+
+    def __init__(self, tokenizer, max_len):
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+
+    def tokenize(self, text, char_spans=()):
+        """ids and the token [start, end) of each character span; the text is split at the span boundaries
+        (whitespace before a span stays with it, as the byte-level BPE attaches it to the next word)."""
+        cuts = set()
+        for start, end in char_spans:
+            while start > 0 and text[start - 1].isspace():
+                start -= 1
+            cuts.update((start, end))
+        cuts = sorted(c for c in cuts if 0 < c < len(text))
+        ids, offsets, previous = [], {0: 0}, 0
+        for cut in cuts + [len(text)]:
+            ids += self.tokenizer.encode(text[previous:cut]) if cut > previous else []
+            offsets[cut] = len(ids)
+            previous = cut
+        token_spans = []
+        for start, end in char_spans:
+            while start > 0 and text[start - 1].isspace():
+                start -= 1
+            token_spans.append((offsets.get(start, 0), offsets.get(end, len(ids))))
+        return ids, token_spans
+
+    def __call__(self, text_a, text_b=None, spans=()):
+        parts = [text_a] + ([text_b] if text_b is not None else [])
+        tokenized = [self.tokenize(text, [(s, e) for which, s, e in spans if which == j])
+                     for j, text in enumerate(parts)]
+        budget = self.max_len - (3 if text_b is not None else 2)
+        keep = truncate_equal([len(ids) for ids, _ in tokenized], budget)
+        tok = self.tokenizer
+        ids, offsets = [tok.bos_id], []
+        for (part, _), n in zip(tokenized, keep):
+            offsets.append(len(ids))
+            ids += part[:n] + [tok.eos_id]
+        token_spans, counters = [], [0] * len(parts)
+        for which, _, _ in spans:
+            start, end = tokenized[which][1][counters[which]]
+            counters[which] += 1
+            limit = keep[which]
+            start, end = min(start, limit), min(end, limit)
+            if end <= start:  # truncated away or empty: fall back to the first token
+                start, end = -offsets[which], 1 - offsets[which]
+            token_spans.append((offsets[which] + start, offsets[which] + end))
+        return ids, token_spans
+
+
+def _glue(name, kind=CLASSIFY, labels=("0", "1"), **kw):
+    return Task(name, "glue", kind, labels=labels, **kw)
+
+
+def _superglue(name, kind=CLASSIFY, labels=("false", "true"), **kw):
+    return Task(name, "superglue", kind, labels=labels, **kw)
+
+
+ENTAIL2 = ("not_entailment", "entailment")
+NLI3 = ("neutral", "entailment", "contradiction")
+TASKS = {t.name: t for t in [
+    _glue("CoLA", main_metric="mcc", metric_names=("accuracy", "mcc")),
+    _glue("SST-2", aliases=("SST",)),
+    _glue("MRPC", main_metric="f1", metric_names=("accuracy", "f1")),
+    _glue("STS-B", kind=REGRESS, labels=(), main_metric="pearson", metric_names=("pearson", "spearman")),
+    _glue("QQP", main_metric="f1", metric_names=("accuracy", "f1")),
+    _glue("MNLI", labels=NLI3, dev_segments=("dev_matched", "dev_mismatched"),
+          test_segments=(("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm"))),
+    _glue("QNLI", labels=ENTAIL2),
+    _glue("RTE", labels=ENTAIL2),
+    _glue("WNLI"),
+    _glue("AX", labels=NLI3, dev_segments=(), test_segments=(("diagnostic", "AX"),), model_task="MNLI"),
+    _superglue("BoolQ"),
+    _superglue("CB", labels=NLI3, metric_names=("accuracy", "macro_f1")),
+    _superglue("COPA", kind=CHOICE, labels=(), num_choices=2),
+    _superglue("MultiRC", kind=ANSWERS, labels=(), main_metric="f1a", metric_names=("f1a", "em")),
+    _superglue("ReCoRD", kind=ENTITIES, labels=(), main_metric="f1", metric_names=("f1", "em")),
+    _superglue("SuperGLUE-RTE", labels=ENTAIL2, test_segments=(("test", "RTE"),), aliases=("SuperGLUERTE",)),
+    _superglue("WiC", num_spans=2),
+    _superglue("WSC", num_spans=2, output_labels=("False", "True")),
+    _superglue("AX-b", labels=ENTAIL2, main_metric="mcc", metric_names=("accuracy", "mcc"), dev_segments=(),
+               test_segments=(("AX-b", "AX-b"),), model_task="SuperGLUE-RTE", aliases=("AXb",)),
+    _superglue("AX-g", labels=ENTAIL2, dev_segments=(), test_segments=(("AX-g", "AX-g"),),
+               model_task="SuperGLUE-RTE", aliases=("AXg",)),
+    Task("RACE-M", "race", CHOICE, num_choices=4, aliases=("RACE-middle",)),
+    Task("RACE-H", "race", CHOICE, num_choices=4, aliases=("RACE-high",)),
+    Task("RACE", "race", CHOICE, num_choices=4, aliases=("RACE-all",)),
+]}
+ALIASES = {alias: t.name for t in TASKS.values() for alias in t.aliases}
+# Diagnostics written after the test files of the task whose model predicts them.
+DIAGNOSTICS = {"MNLI": ("AX",), "SuperGLUE-RTE": ("AX-b", "AX-g")}
+
+
+def task_names():
+    return sorted(TASKS) + sorted(ALIASES)
+
+
+def get_task(name):
+    name = ALIASES.get(name, name)
+    if name not in TASKS:
+        raise BortError(f"unknown task {name!r}; expected one of {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def main_score(task, metrics_by_segment):
+    """The number model selection maximizes: the main metric, averaged over dev segments (MNLI m/mm)."""
+    values = [m[task.main_metric] for m in metrics_by_segment.values() if task.main_metric in m]
+    return float(np.mean(values)) if values else float("nan")
+
+
+# Model-side helpers live in bort.finetune (they import mxnet); re-exported here for one entry point.
+def build_task_model(*args, **kwargs):
+    from .finetune import build_task_model as build
+    return build(*args, **kwargs)
+
+
+def load_task_checkpoint(*args, **kwargs):
+    from .finetune import load_task_checkpoint as load
+    return load(*args, **kwargs)
+
+
+def predict_outputs(*args, **kwargs):
+    from .finetune import predict_outputs as run
+    return run(*args, **kwargs)

@@ -1,0 +1,95 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import finetune_bort
+from bort.errors import run_cli
+
+VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vocab/merges.txt"]
+TINY = ["--pretrained_parameters", "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32"] + VOCAB
+
+
+def cli(argv):
+    run_cli(finetune_bort.main)(argv)
+
+
+@pytest.fixture(scope="module")
+def sst2_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sst2")
+    cli(["--task_name", "SST-2", "--data_dir", "test_data/glue/SST-2", "--output_dir", str(out), "--epochs", "3",
+         "--ramp_up_epochs", "3", "--batch_size", "16", "--lr", "1e-3", "--seed", "2"] + TINY)
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_sst2_and_predicts(sst2_run, tmp_path):
+    result = json.loads((sst2_run / "result.json").read_text())
+    assert result["score"] >= 0.9, result
+    records = [json.loads(line) for line in (sst2_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "dev"] == [1, 2, 3]
+    meta = json.loads((sst2_run / "model_bort_SST-2.task.json").read_text())
+    assert meta["task"] == "SST-2" and meta["epoch"] == result["best_epoch"]
+    # --only_inference with the best checkpoint: same dev score, leaderboard file with the test labels (i % 2)
+    out = tmp_path / "inference"
+    cli(["--task_name", "SST-2", "--data_dir", "test_data/glue/SST-2", "--output_dir", str(out), "--only_inference",
+         "--model_parameters", str(sst2_run / "model_bort_SST-2.params")] + TINY)
+    again = json.loads((out / "result.json").read_text())
+    assert again["score"] == pytest.approx(result["score"])
+    rows = [line.split("\t") for line in (out / "SST-2.tsv").read_text().splitlines()[1:]]
+    assert [r[1] for r in rows] == [str(i % 2) for i in range(6)]
+
+
+def test_checkpoint_for_another_task(sst2_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--task_name", "CoLA", "--data_dir", "test_data/glue/CoLA", "--output_dir", str(out),
+             "--only_inference", "--model_parameters", str(sst2_run / "model_bort_SST-2.params")] + TINY)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fine-tuned for 'SST-2', not for CoLA" in err[0]
+    assert not out.exists() or not os.listdir(out)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("index\tsentence1\tlabel\n0\ta\t1\n", "train.tsv:1: missing column 'sentence2'"),
+    ("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n", "train.tsv:2: unknown label 'maybe'"),
+    ("", "train.tsv: empty file"),
+])
+def test_bad_training_data(tmp_path, capsys, content, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text(content)
+    (data / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--task_name", "WNLI", "--data_dir", str(data), "--output_dir", str(out)] + TINY)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_invalid_jsonl_line_and_missing_pretrained(tmp_path, capsys):
+    data = tmp_path / "cb"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "neutral"}\nnot json\n')
+    (data / "val.jsonl").write_text('{"premise": "a", "hypothesis": "b", "label": "neutral"}\n')
+    with pytest.raises(SystemExit):
+        cli(["--task_name", "CB", "--data_dir", str(data), "--output_dir", str(tmp_path / "o")] + TINY)
+    assert "train.jsonl:2: invalid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["--task_name", "CB", "--data_dir", str(data), "--pretrained_parameters", str(tmp_path / "bort.params"),
+             "--output_dir", str(tmp_path / "o")] + VOCAB)
+    assert "bort.params: pretrained parameters not found; download bort.params" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_finetune_test2_on_cpu(tmp_path):
+    env = dict(os.environ, OUTPUT_DIR=str(tmp_path / "wsc"))
+    proc = subprocess.run(["./run_finetune.sh", "TEST2"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(line) for line in (tmp_path / "wsc" / "WSC.jsonl").read_text().splitlines()]
+    assert [r["idx"] for r in lines] == [0, 1, 2, 3] and {r["label"] for r in lines} <= {"True", "False"}
