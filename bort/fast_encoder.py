@@ -1,0 +1,146 @@
+"""An inference-only twin of `BortModel`'s encoder, laid out for oneDNN graph passes.
+
+gluon-nlp's `DotProductSelfAttentionCell` keeps query/key/value weights apart and interleaves them
+(reshape + concat + stack) on every forward call. That costs a copy of the weights per call in fp32, and it
+stops the INT8 and bf16 passes from treating the projection weight as a constant: the quantized
+fully-connected layer re-quantizes a computed weight each time. `FastEncoder` holds the interleaved
+projection as one constant parameter, so the graph is exactly the pattern MXNet's oneDNN backend fuses
+(FullyConnected -> interleaved_matmul_selfatt_qk / _valatt) and quantizes. Padding is an additive score bias in
+front of a plain softmax instead of gluon-nlp's softmax with `length`, whose CPU kernel took ~30 ms of a 95 ms
+INT8 forward (Bort, batch 8, length 128, one thread).
+
+It is built from a `BortModel` (`FastEncoder.from_model`) by copying its parameters, so it reads every
+checkpoint `BortModel` reads; it has no parameters of its own to save. Inputs and outputs match
+`BortModel(inputs, valid_length, token_types=...)` without the MLM head: hidden states (batch, length, units),
+zero at padded positions.
+"""
+import bort  # noqa: F401  (sets thread counts before mxnet is imported)
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import HybridBlock
+
+
+def interleave_qkv(query, key, value, num_heads):
+    """Stack (units, in) query/key/value weights (or (units,) biases) as rows [q_h, k_h, v_h] per head,
+    the layout `interleaved_matmul_selfatt_*` expects."""
+    parts = [np.asarray(p).reshape((num_heads, -1) + np.shape(p)[1:]) for p in (query, key, value)]
+    return np.concatenate(parts, axis=1).reshape((-1,) + np.shape(query)[1:])
+
+
+class FastEncoder(HybridBlock):
+    """Embeddings + post-layer-norm transformer layers with a fused QKV projection (inference only, no dropout).
+
+    Call as `net(inputs, valid_length)` or, for configs with token types, `net(inputs, valid_length, token_types)`;
+    all inputs may be float32 (ids are cast inside). Returns (batch, length, units).
+    """
+
+    def __init__(self, config, prefix="fast_", params=None):
+        super().__init__(prefix=prefix, params=params)
+        self.config = config
+        c = config
+        self._names = []  # (fast name, BortModel name, transform) in creation order
+        with self.name_scope():
+            self._param("word_weight", (c.vocab_size, c.units), "word_embed.0.weight")
+            if c.token_type_vocab_size:
+                self._param("type_weight", (c.token_type_vocab_size, c.units),
+                                               "token_type_embed.0.weight")
+            self._param("position_weight", (c.max_length, c.units), "encoder.position_weight")
+            self._param("embed_gamma", (c.units,), "encoder.layer_norm.gamma")
+            self._param("embed_beta", (c.units,), "encoder.layer_norm.beta")
+            for i in range(c.num_layers):
+                src = f"encoder.transformer_cells.{i}."
+                att = src + "attention_cell.proj_"
+                self._param(f"l{i}_qkv_weight", (3 * c.units, c.units),
+                            tuple(att + f"{p}.weight" for p in ("query", "key", "value")))
+                self._param(f"l{i}_qkv_bias", (3 * c.units,),
+                            tuple(att + f"{p}.bias" for p in ("query", "key", "value")))
+                for name, shape, source in (
+                        ("proj_weight", (c.units, c.units), "proj.weight"),
+                        ("proj_bias", (c.units,), "proj.bias"),
+                        ("ln1_gamma", (c.units,), "layer_norm.gamma"),
+                        ("ln1_beta", (c.units,), "layer_norm.beta"),
+                        ("ffn1_weight", (c.hidden_size, c.units), "ffn.ffn_1.weight"),
+                        ("ffn1_bias", (c.hidden_size,), "ffn.ffn_1.bias"),
+                        ("ffn2_weight", (c.units, c.hidden_size), "ffn.ffn_2.weight"),
+                        ("ffn2_bias", (c.units,), "ffn.ffn_2.bias"),
+                        ("ln2_gamma", (c.units,), "ffn.layer_norm.gamma"),
+                        ("ln2_beta", (c.units,), "ffn.layer_norm.beta")):
+                    self._param(f"l{i}_{name}", shape, src + source)
+
+    def _param(self, name, shape, source):
+        param = self.params.get(name, shape=shape, init=mx.init.Zero(), grad_req="null")
+        self._names.append((name, source))
+        setattr(self, name, param)  # registers it, so hybrid_forward receives it by name
+        return param
+
+    @classmethod
+    def from_model(cls, model, ctx=None):
+        """A FastEncoder holding a copy of `model`'s (a `BortModel`) encoder parameters."""
+        fast = cls(model.config)
+        fast.initialize(ctx=ctx or mx.cpu())
+        fast.copy_from(model)
+        return fast
+
+    def copy_from(self, model):
+        source = model._collect_params_with_prefix()
+        if any(param._deferred_init for param in source.values()):
+            _finish_deferred_init(model)
+        own = self.params
+        for name, src in self._names:
+            if isinstance(src, tuple):
+                value = interleave_qkv(*(source[s].data().asnumpy() for s in src), self.config.num_heads)
+            else:
+                value = source[src].data().asnumpy()
+            own.get(name).set_data(mx.nd.array(value, dtype="float32"))
+
+    def hybrid_forward(self, F, inputs, valid_length, token_types=None, **p):
+        c = self.config
+        ids = F.transpose(inputs, axes=(1, 0))  # (length, batch)
+        x = F.Embedding(ids, p["word_weight"], input_dim=c.vocab_size, output_dim=c.units)
+        if c.token_type_vocab_size:
+            types = F.zeros_like(ids) if token_types is None else F.transpose(token_types, axes=(1, 0))
+            x = x + F.Embedding(types, p["type_weight"], input_dim=c.token_type_vocab_size, output_dim=c.units)
+        steps = F.contrib.arange_like(ids, axis=0)
+        positions = F.Embedding(steps, p["position_weight"], input_dim=c.max_length, output_dim=c.units)
+        x = F.broadcast_add(x, F.expand_dims(positions, axis=1))
+        x = F.LayerNorm(x, p["embed_gamma"], p["embed_beta"], axis=-1, eps=c.layer_norm_eps)
+        # Padding as an additive score bias (batch * heads, 1, length): 0 on valid keys, -1e9 on padding. MXNet's
+        # softmax with `length` (what gluon-nlp uses) is a slow non-oneDNN kernel: ~20x the plain softmax here.
+        valid = F.broadcast_lesser(F.reshape(steps, shape=(1, -1)), F.reshape(valid_length, shape=(-1, 1)))
+        bias = F.expand_dims(F.expand_dims((valid - 1) * 1e9, axis=1), axis=1)  # (batch, 1, 1, length)
+        bias = F.reshape(F.broadcast_axis(bias, axis=1, size=c.num_heads), shape=(-3, -2))  # (batch*heads, 1, len)
+        for i in range(c.num_layers):
+            x = self._layer(F, x, bias, i, p)
+        x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True, axis=0)
+        return F.transpose(x, axes=(1, 0, 2))
+
+    def _layer(self, F, x, bias, i, p):
+        c = self.config
+        w = lambda name: p[f"l{i}_{name}"]  # noqa: E731
+        qkv = F.FullyConnected(x, w("qkv_weight"), w("qkv_bias"), num_hidden=3 * c.units, flatten=False)
+        score = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=c.num_heads)
+        att = F.softmax(F.broadcast_add(score, bias), axis=-1)
+        context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=c.num_heads)
+        out = F.FullyConnected(context, w("proj_weight"), w("proj_bias"), num_hidden=c.units, flatten=False)
+        x = F.LayerNorm(out + x, w("ln1_gamma"), w("ln1_beta"), axis=-1, eps=c.layer_norm_eps)
+        h = F.FullyConnected(x, w("ffn1_weight"), w("ffn1_bias"), num_hidden=c.hidden_size, flatten=False)
+        h = _activation(F, h, c.activation)
+        h = F.FullyConnected(h, w("ffn2_weight"), w("ffn2_bias"), num_hidden=c.units, flatten=False)
+        return F.LayerNorm(h + x, w("ln2_gamma"), w("ln2_beta"), axis=-1, eps=c.layer_norm_eps)
+
+
+def _finish_deferred_init(model):
+    """Dense layers of a freshly initialized model get their input size on the first call: make one."""
+    ids = mx.nd.ones((1, 2))
+    args = [ids, mx.nd.array([2])]
+    if model.config.token_type_vocab_size:
+        args += [None, mx.nd.zeros((1, 2))]
+    model(*args)
+
+
+def _activation(F, x, name):
+    if name == "gelu":
+        return F.LeakyReLU(x, act_type="gelu")
+    if name == "relu":
+        return F.relu(x)
+    raise ValueError(f"unsupported activation {name!r}")

@@ -1,0 +1,363 @@
+"""CPU inference speed of Bort, BERT-base and RoBERTa-large: our MXNet modes against HF transformers on PyTorch.
+
+Each framework runs in its own worker process (two OpenMP runtimes in one process distort both); the workers
+stay up and take turns, one timing round each, so both see the same machine load; medians over all rounds.
+Random weights and random token ids (speed does not depend on them). Every mode's output is checked against
+float32 (max abs hidden-state difference, cosine, argmax agreement of a random 3-way head on the first token).
+
+    python scripts/benchmark_inference.py --models bort --batch_sizes 1 8 --seq_lens 128 --rounds 5
+    python scripts/benchmark_inference.py            # the full grid: slow on 2 cores (RoBERTa-large at 512 x 32)
+
+Prints a table and writes JSON (--output) with sequences/s, speed-up ratios and GFLOP/s against the measured
+fp32 matrix-multiply peak.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before any framework is imported)
+
+MODELS = {"bort": "bort_4_8_768_1024", "bert_base": "bert_12_768_12", "roberta_large": "roberta_24_1024_16"}
+OUR_MODES = ("gluon", "fp32", "fused", "bf16", "int8")  # gluon: the plain BortModel (gluon-nlp blocks), fp32
+TORCH_MODES = ("fp32", "bf16", "int8")
+CHECK_BATCH, CHECK_SEQ, NUM_CLASSES = 4, 128, 3
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ workers
+
+
+def random_batch(rng, config, batch_size, seq_len, full=False):
+    import numpy as np
+    ids = rng.randint(5, config.vocab_size, size=(batch_size, seq_len)).astype(np.float32)
+    if full:
+        valid = np.full((batch_size,), seq_len, dtype=np.float32)
+    else:
+        valid = rng.randint(seq_len // 2, seq_len + 1, size=(batch_size,)).astype(np.float32)
+    return ids, valid
+
+
+def agreement(out, ref, valid, head):
+    """max |out - ref| over valid positions, mean token cosine, argmax agreement of `head` on token 0."""
+    import numpy as np
+    mask = np.arange(ref.shape[1])[None, :] < valid[:, None]
+    a, b = out[mask], ref[mask]
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    agree = (out[:, 0] @ head).argmax(-1) == (ref[:, 0] @ head).argmax(-1)
+    return {"max_abs_diff": float(np.abs(a - b).max()), "mean_cosine": float(cos.mean()),
+            "argmax_agreement": float(agree.mean()), "ref_max_abs": float(np.abs(b).max())}
+
+
+def mxnet_worker(args):
+    import mxnet as mx
+    import numpy as np
+    from bort.inference import prepare
+    from bort.model import build_model, get_config
+
+    config = get_config(MODELS[args.model], dropout=0.0)
+    mx.random.seed(0)
+    rng = np.random.RandomState(0)
+    model = build_model(config, use_decoder=False)
+    calib = [random_batch(rng, config, args.calib_batch, args.calib_seq) for _ in range(args.calib_batches)]
+    check = random_batch(rng, config, CHECK_BATCH, CHECK_SEQ)
+    head = rng.normal(size=(config.units, NUM_CLASSES)).astype(np.float32)
+    ref = model(mx.nd.array(check[0]), mx.nd.array(check[1])).asnumpy()
+    nets, checks = {}, {}
+    for mode in args.modes:
+        start = time.time()
+        if mode == "gluon":
+            model.hybridize(static_alloc=True, static_shape=True)
+            nets[mode] = lambda ids, valid, m=model: m(ids, valid)
+        else:
+            nets[mode] = prepare(model, mode, calib_batches=calib, calib_mode=args.calib_mode)
+        out = nets[mode](mx.nd.array(check[0]), mx.nd.array(check[1])).astype("float32").asnumpy()
+        checks[mode] = agreement(out, ref, check[1], head)
+        log(f"[mxnet {args.model}] {mode} ready in {time.time() - start:.1f}s: {checks[mode]}")
+    peak = matmul_peak_mxnet(mx)
+
+    def time_modes(batch_size, seq_len, repeats):
+        ids, valid = (mx.nd.array(a) for a in random_batch(rng, config, batch_size, seq_len, full=True))
+        for net in nets.values():  # warm-up / trace this shape
+            net(ids, valid).wait_to_read()
+        times = {m: [] for m in nets}
+        for _ in range(repeats):
+            for mode, net in nets.items():
+                start = time.perf_counter()
+                net(ids, valid).wait_to_read()
+                times[mode].append(time.perf_counter() - start)
+        return times
+
+    serve(time_modes, checks, peak)
+
+
+def matmul_peak_mxnet(mx):
+    n = 2048
+    x, w = mx.nd.random.uniform(shape=(n, n)), mx.nd.random.uniform(shape=(n, n))
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n).wait_to_read()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def torch_worker(args):
+    import types
+
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertModel
+
+    # No bort.model here: it imports MXNet, and a second OpenMP runtime in this process slows PyTorch badly.
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    config = types.SimpleNamespace(**json.loads(args.config_json))
+    if "mxnet" in sys.modules:
+        raise RuntimeError("the PyTorch worker must not load MXNet (two OpenMP runtimes)")
+    hf = BertConfig(vocab_size=config.vocab_size, hidden_size=config.units, num_hidden_layers=config.num_layers,
+                    num_attention_heads=config.num_heads, intermediate_size=config.hidden_size,
+                    max_position_embeddings=config.max_length + 2, type_vocab_size=max(1, config.token_type_vocab_size),
+                    layer_norm_eps=config.layer_norm_eps, hidden_act="gelu")
+    torch.manual_seed(0)
+    rng = np.random.RandomState(0)
+    base = BertModel(hf, add_pooling_layer=False).eval()
+    models = {"fp32": base}  # the reference, timed only when asked for
+    for mode in args.modes:
+        if mode == "int8":
+            import copy
+            models[mode] = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
+                                                                  dtype=torch.qint8)
+        else:
+            models[mode] = base
+
+    def run(mode, ids, mask):
+        with torch.inference_mode():
+            if mode == "bf16":
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return models[mode](input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            return models[mode](input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def inputs(ids, valid):
+        mask = torch.from_numpy((np.arange(ids.shape[1])[None, :] < valid[:, None]).astype(np.int64))
+        return torch.from_numpy(ids.astype(np.int64)), mask
+
+    ids, valid = random_batch(rng, config, CHECK_BATCH, CHECK_SEQ)
+    head = rng.normal(size=(config.units, NUM_CLASSES)).astype(np.float32)
+    ref = run("fp32", *inputs(ids, valid)).numpy()
+    checks = {m: agreement(run(m, *inputs(ids, valid)).numpy(), ref, valid, head) for m in args.modes}
+    log(f"[torch {args.model}] ready: {checks}")
+    n = 2048
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    best = float("inf")
+    for _ in range(6):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+
+    def time_modes(batch_size, seq_len, repeats):
+        batch = inputs(*random_batch(rng, config, batch_size, seq_len, full=True))
+        for mode in args.modes:
+            run(mode, *batch)
+        times = {m: [] for m in args.modes}
+        for _ in range(repeats):
+            for mode in args.modes:
+                start = time.perf_counter()
+                run(mode, *batch)
+                times[mode].append(time.perf_counter() - start)
+        return times
+
+    serve(time_modes, checks, 2 * n ** 3 / best / 1e9)
+
+
+def serve(time_modes, checks, peak):
+    """Worker loop: announce readiness, then answer one timing request per stdin line."""
+    print(json.dumps({"ready": True, "checks": checks, "matmul_peak_gflops": peak}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        times = time_modes(request["batch"], request["seq"], request["repeats"])
+        print(json.dumps({"times": times}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ orchestrator
+
+
+class Worker:
+    def __init__(self, framework, model, modes, args):
+        from bort.model import get_config
+
+        config = json.dumps(get_config(MODELS[model]).to_dict())
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model,
+               "--config_json", config,
+               "--modes", *modes, "--calib_batch", str(args.calib_batch), "--calib_seq", str(args.calib_seq),
+               "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
+        self.framework = framework
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.framework} worker exited with status {self.proc.wait()}")
+        return json.loads(line)
+
+    def time(self, batch, seq, repeats):
+        self.proc.stdin.write(json.dumps({"batch": batch, "seq": seq, "repeats": repeats}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()["times"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=60)
+
+
+def torch_available():
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def run_benchmark(args):
+    from bort.inference import encoder_flops
+    from bort.model import get_config
+
+    frameworks = [("mxnet", args.modes)]
+    torch_modes = [m for m in args.torch_modes if m in TORCH_MODES]
+    if torch_modes and torch_available():
+        frameworks.append(("torch", torch_modes))
+    elif torch_modes:
+        log("torch/transformers not installed: PyTorch peers skipped")
+    load_before = os.getloadavg()
+    results, checks, peaks = [], {}, {}
+    for model in args.models:
+        workers = []
+        try:
+            for framework, modes in frameworks:  # one at a time: building is CPU-heavy too
+                log(f"starting {framework} worker for {model} ({', '.join(modes)})")
+                workers.append(Worker(framework, model, modes, args))
+                checks.setdefault(model, {})[framework] = workers[-1].info["checks"]
+                peaks[framework] = workers[-1].info["matmul_peak_gflops"]
+            config = get_config(MODELS[model])
+            for batch in args.batch_sizes:
+                for seq in args.seq_lens:
+                    times, rounds = {}, {}
+                    for r in range(args.rounds):
+                        for w in (workers if r % 2 == 0 else workers[::-1]):
+                            for mode, ts in w.time(batch, seq, args.repeats).items():
+                                times.setdefault((w.framework, mode), []).extend(ts)
+                                rounds.setdefault((w.framework, mode), []).append(median(ts))
+                    flops = encoder_flops(config, batch, seq)
+                    for (framework, mode), ts in times.items():
+                        sec = median(ts)
+                        results.append({"model": model, "framework": framework, "mode": mode, "batch": batch,
+                                        "seq": seq, "median_s": sec, "min_s": min(ts), "runs": len(ts),
+                                        "round_medians_s": rounds[(framework, mode)],
+                                        "seqs_per_s": batch / sec, "gflops_per_s": flops / sec / 1e9,
+                                        "fraction_of_fp32_peak": flops / sec / 1e9 / peaks["mxnet"]})
+                        log(f"{model:14s} b{batch:<3d} L{seq:<4d} {framework:6s} {mode:6s} {sec:8.4f}s")
+        finally:
+            for w in workers:
+                w.close()
+    return {"grid": {"models": args.models, "batch_sizes": args.batch_sizes, "seq_lens": args.seq_lens,
+                     "rounds": args.rounds, "repeats": args.repeats},
+            "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "load_average_before": load_before,
+            "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks, "checks": checks,
+            "results": results, "ratios": ratios(results)}
+
+
+def ratios(results):
+    by = {(r["model"], r["framework"], r["mode"], r["batch"], r["seq"]): r["median_s"] for r in results}
+    out = {"bort_vs_bert_base": [], "bort_vs_roberta_large": [], "ours_vs_torch": []}
+    for (model, fw, mode, b, s), sec in by.items():
+        if model != "bort":
+            continue
+        for other, key in (("bert_base", "bort_vs_bert_base"), ("roberta_large", "bort_vs_roberta_large")):
+            if (other, fw, mode, b, s) in by:
+                out[key].append({"framework": fw, "mode": mode, "batch": b, "seq": s,
+                                 "speedup": by[(other, fw, mode, b, s)] / sec})
+    per_round = {(r["model"], r["framework"], r["mode"], r["batch"], r["seq"]): r["round_medians_s"] for r in results}
+    for (model, fw, mode, b, s), sec in by.items():
+        if fw != "mxnet":
+            continue
+        for tmode in TORCH_MODES:
+            key = (model, "torch", tmode, b, s)
+            if key in by:
+                # paired: the two frameworks take turns, so each round's ratio sees one machine load
+                paired = median([t / o for t, o in zip(per_round[key], per_round[(model, fw, mode, b, s)])])
+                out["ours_vs_torch"].append({"model": model, "ours": mode, "torch": tmode, "batch": b, "seq": s,
+                                             "speedup": by[key] / sec, "paired_speedup": paired})
+    return out
+
+
+def print_table(report):
+    print(f"threads={report['threads']} load(1,5,15 min) before={report['load_average_before']} "
+          f"after={tuple(round(x, 2) for x in report['load_average_after'])} "
+          f"fp32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()))
+    print(f"{'model':14s} {'batch':>5s} {'seq':>4s} {'framework':9s} {'mode':6s} {'median s':>9s} "
+          f"{'seq/s':>8s} {'GFLOP/s':>8s} {'%peak':>6s}")
+    for r in report["results"]:
+        print(f"{r['model']:14s} {r['batch']:5d} {r['seq']:4d} {r['framework']:9s} {r['mode']:6s} "
+              f"{r['median_s']:9.4f} {r['seqs_per_s']:8.1f} {r['gflops_per_s']:8.1f} "
+              f"{100 * r['fraction_of_fp32_peak']:5.0f}%")
+    for key, rows in report["ratios"].items():
+        if rows:
+            print(f"\n{key}:")
+            for row in rows:
+                print("  " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    print("\naccuracy vs fp32 (random check batch):")
+    for model, per_fw in report["checks"].items():
+        for fw, per_mode in per_fw.items():
+            for mode, c in per_mode.items():
+                print(f"  {model:14s} {fw:6s} {mode:6s} max_abs_diff={c['max_abs_diff']:.3g} "
+                      f"cos={c['mean_cosine']:.5f} argmax_agree={c['argmax_agreement']:.2f}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--seq_lens", nargs="+", type=int, default=[128, 512])
+    parser.add_argument("--modes", nargs="+", default=list(OUR_MODES), choices=OUR_MODES, help="our MXNet modes")
+    parser.add_argument("--torch_modes", nargs="*", default=list(TORCH_MODES), choices=TORCH_MODES,
+                        help="PyTorch peers (none: skip PyTorch)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per framework and shape")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode in each round")
+    parser.add_argument("--calib_batch", type=int, default=8)
+    parser.add_argument("--calib_seq", type=int, default=128)
+    parser.add_argument("--calib_batches", type=int, default=4)
+    parser.add_argument("--calib_mode", default="naive", choices=("naive", "entropy"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per framework (default: OMP_NUM_THREADS, else the available cores)")
+    parser.add_argument("--output", default="benchmark_inference.json")
+    parser.add_argument("--worker", choices=("mxnet", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--config_json", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return mxnet_worker(args) if args.worker == "mxnet" else torch_worker(args)
+    from bort.io import write_json
+    report = run_benchmark(args)
+    print_table(report)
+    write_json(args.output, report)
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    from bort.errors import run_cli
+
+    run_cli(main)()

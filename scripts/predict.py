@@ -1,0 +1,95 @@
+"""Predict a task's segment with a fine-tuned checkpoint on CPU, in fp32, bf16 or INT8.
+
+    python scripts/predict.py --task_name MRPC --model_parameters out/MRPC.params --data_dir glue/MRPC \
+        --segment test --mode int8 --output_dir preds/
+
+Reads the segment with the task's reader (GLUE .tsv, SuperGLUE .jsonl, RACE), encodes it like fine-tuning,
+runs the encoder in the chosen mode over length buckets, writes the leaderboard file for test segments or
+`<task>.<segment>.predictions.jsonl` otherwise, and prints metrics when the segment has labels. INT8 is
+calibrated on the first --calib_size sequences of --calib_segment (default: the segment being predicted).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before mxnet is imported)
+from bort.errors import run_cli  # noqa: E402
+from bort.tasks import get_task, task_names  # noqa: E402
+from bort.tokenizer import add_tokenizer_args, tokenizer_from_args  # noqa: E402
+
+log = logging.getLogger("predict")
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--task_name", required=True, choices=task_names(), metavar="TASK")
+    p.add_argument("--model_parameters", required=True, help="a fine-tuned checkpoint of this task (.params)")
+    p.add_argument("--data_dir", default=None, help="the task's data folder (default: the task's usual place)")
+    p.add_argument("--segment", default="test", help="segment to predict (dev, test, dev_matched, ...)")
+    p.add_argument("--mode", default="fp32", choices=["fp32", "fused", "bf16", "int8"])
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--max_len", type=int, default=512, help="maximum sequence length (with special tokens)")
+    p.add_argument("--calib_segment", default=None, help="segment whose sentences calibrate INT8 (default: --segment)")
+    p.add_argument("--calib_size", type=int, default=256, help="sequences used to calibrate INT8")
+    p.add_argument("--calib_mode", default="naive", choices=["naive", "entropy"])
+    p.add_argument("--output_dir", default="./predictions")
+    add_tokenizer_args(p, dataset_name="openwebtext_ccnews_stories_books_cased")
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    from tqdm import tqdm
+
+    from bort.finetune import load_task_checkpoint
+    from bort.inference import calibration_batches, predict_task, prepare
+    from bort.io import atomic_write
+
+    task = get_task(args.task_name)
+    tokenizer = tokenizer_from_args(args)
+    model = load_task_checkpoint(args.model_parameters, task)
+    max_len = min(args.max_len, model.config.max_length)
+    examples = task.read(args.segment, args.data_dir)
+    instances = task.encode(examples, tokenizer, max_len)
+    calib = None
+    if args.mode == "int8":
+        calib_instances = instances
+        if args.calib_segment and args.calib_segment != args.segment:
+            calib_instances = task.encode(task.read(args.calib_segment, args.data_dir), tokenizer, max_len)
+        calib = calibration_batches(calib_instances, min(args.batch_size, 8), args.calib_size, tokenizer.pad_id,
+                                    max_len)
+    start = time.time()
+    encoder = prepare(model.bort, args.mode, calib_batches=calib, calib_mode=args.calib_mode)
+    log.info("mode %s ready in %.1fs", args.mode, time.time() - start)
+    num_seqs = sum(len(inst.seqs) for inst in instances)
+    start = time.time()
+    with tqdm(total=num_seqs, desc=f"predict {task.name} {args.segment} ({args.mode})", unit="seq") as bar:
+        outputs = predict_task(model.head, encoder, instances, tokenizer.pad_id, args.batch_size, max_len,
+                               progress=bar.update)
+    elapsed = time.time() - start
+    log.info("%d sequences in %.1fs: %.1f sequences/s (%s, %s threads)", num_seqs, elapsed,
+             num_seqs / max(elapsed, 1e-9), args.mode, os.environ.get("OMP_NUM_THREADS"))
+    preds = task.predict(examples, instances, outputs)
+    os.makedirs(args.output_dir, exist_ok=True)
+    if any(segment == args.segment for segment, _ in task.test_segments):
+        path = task.write_submission(preds, examples, args.output_dir, args.segment)
+    else:
+        path = os.path.join(args.output_dir, f"{task.name}.{args.segment}.predictions.jsonl")
+        with atomic_write(path) as handle:
+            for ex, pred in zip(examples, preds):
+                handle.write(json.dumps({"idx": ex["idx"], "prediction": pred}) + "\n")
+    print(f"predictions={path}")
+    metrics = task.metrics(preds, task.gold(examples))
+    if metrics:
+        print("metrics=" + json.dumps(metrics, sort_keys=True))
+    print(f"throughput_seqs_per_s={num_seqs / max(elapsed, 1e-9):.2f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)()

@@ -1,0 +1,196 @@
+"""Inference modes agree with the float32 BortModel; bucketing keeps the caller's order."""
+import bort  # noqa: F401
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bort.errors import BortError
+from bort.fast_encoder import FastEncoder, interleave_qkv
+from bort.inference import MODES, bucket_order, encoder_flops, predict_bucketed, prepare
+from bort.model import build_model, get_config
+
+# max |mode - fp32| relative to max |fp32| on the tiny models
+TOLERANCE = {"fp32": 1e-6, "fused": 1e-5, "bf16": 2e-2, "int8": 5e-2}
+
+
+def _model(name):
+    mx.random.seed(1)
+    config = get_config(name, dropout=0.0)
+    model = build_model(config, use_decoder=False)
+    # non-trivial biases and norms, so a mis-copied parameter shows
+    for pname, param in model.collect_params().items():
+        if pname.endswith(("bias", "beta")):
+            param.set_data(mx.nd.random.normal(0, 0.1, shape=param.shape))
+        elif pname.endswith("gamma"):
+            param.set_data(1 + mx.nd.random.normal(0, 0.1, shape=param.shape))
+    return model
+
+
+def _batch(rng, config, batch=4, length=16):
+    ids = rng.randint(3, config.vocab_size, size=(batch, length)).astype(np.float32)
+    valid = rng.randint(3, length + 1, size=(batch,)).astype(np.float32)
+    valid[0] = length
+    types = (rng.rand(batch, length) > 0.5).astype(np.float32) if config.token_type_vocab_size else None
+    return ids, valid, types
+
+
+def _reference(model, ids, valid, types):
+    args = [mx.nd.array(ids), mx.nd.array(valid)]
+    if types is not None:
+        return model(*args, None, mx.nd.array(types)).asnumpy()
+    return model(*args).asnumpy()
+
+
+@pytest.fixture(scope="module")
+def bort_tiny():
+    return _model("bort_tiny")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_mode_matches_fp32_model(bort_tiny, mode):
+    rng = np.random.RandomState(0)
+    config = bort_tiny.config
+    calib = [_batch(rng, config)[:2] for _ in range(16)]
+    ids, valid, types = _batch(rng, config)
+    ref = _reference(bort_tiny, ids, valid, types)
+    out = prepare(bort_tiny, mode, calib_batches=calib)(ids, valid).asnumpy()
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.abs(out - ref).max() <= TOLERANCE[mode] * np.abs(ref).max() + 1e-6
+    assert np.all(out[1:][np.arange(16)[None, :] >= valid[1:, None]] == 0)  # padding zeroed, as BortModel does
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_bert_config_with_token_types(mode):
+    model = _model("bert_tiny")
+    rng = np.random.RandomState(1)
+    calib = [_batch(rng, model.config) for _ in range(16)]
+    ids, valid, types = _batch(rng, model.config)
+    ref = _reference(model, ids, valid, types)
+    out = prepare(model, mode, calib_batches=calib)(ids, valid, types).asnumpy()
+    assert np.abs(out - ref).max() <= TOLERANCE[mode] * np.abs(ref).max() + 1e-6
+    # token types matter: zeros give a different answer
+    assert np.abs(prepare(model, "fp32")(ids, valid).asnumpy() - ref).max() > 1e-3
+
+
+def test_fast_encoder_follows_the_model_parameters(bort_tiny):
+    rng = np.random.RandomState(2)
+    ids, valid, _ = _batch(rng, bort_tiny.config)
+    fast = FastEncoder.from_model(bort_tiny)
+    before = fast(mx.nd.array(ids), mx.nd.array(valid)).asnumpy()
+    model = _model("bort_tiny")
+    key = model.collect_params()[model.prefix + "encoder_transformer0_dotproductselfattentioncell0_key_weight"]
+    key.set_data(key.data() * 3)
+    fast.copy_from(model)
+    after = fast(mx.nd.array(ids), mx.nd.array(valid)).asnumpy()
+    np.testing.assert_allclose(after, _reference(model, ids, valid, None), atol=1e-5)
+    assert np.abs(after - before).max() > 1e-3
+
+
+def test_interleave_qkv_layout():
+    heads, dim = 2, 3
+    q, k, v = (np.full((heads * dim, 4), value) + np.arange(heads * dim)[:, None] for value in (100, 200, 300))
+    out = interleave_qkv(q, k, v, heads)
+    assert out.shape == (3 * heads * dim, 4)
+    # head 0: q rows 0-2, k rows 0-2, v rows 0-2; then head 1
+    expected_rows = [100, 101, 102, 200, 201, 202, 300, 301, 302, 103, 104, 105, 203, 204, 205, 303, 304, 305]
+    assert out[:, 0].tolist() == expected_rows
+    assert interleave_qkv(q[:, 0], k[:, 0], v[:, 0], heads).tolist() == expected_rows
+
+
+def test_bad_requests_are_one_line_errors(bort_tiny):
+    with pytest.raises(BortError, match="unknown mode"):
+        prepare(bort_tiny, "fp8")
+    with pytest.raises(BortError, match="calibration"):
+        prepare(bort_tiny, "int8")
+    with pytest.raises(BortError, match="at most 4"):
+        predict_bucketed(lambda *a: a[0], [[1] * 5], batch_size=2, pad_id=1, max_length=4)
+
+
+def test_bucket_order_groups_by_length():
+    lengths = [5, 30, 9, 17, 2, 30, 12]
+    batches = bucket_order(lengths, batch_size=3, round_to=8)
+    assert sorted(i for idx, _ in batches for i in idx) == list(range(len(lengths)))
+    assert [len(idx) for idx, _ in batches] == [3, 3, 1]
+    for idx, padded in batches:
+        assert padded % 8 == 0 and padded >= max(lengths[i] for i in idx)
+    assert [padded for _, padded in batches] == [32, 16, 8]
+
+
+def test_predict_bucketed_returns_the_original_order(bort_tiny):
+    rng = np.random.RandomState(3)
+    sequences = [list(rng.randint(3, 100, size=n)) for n in (7, 20, 3, 12, 20, 5, 9)]
+    encoder = prepare(bort_tiny, "fp32")
+    shapes = []
+
+    def first_token(ids, valid, types):
+        shapes.append(ids.shape)
+        return encoder(ids, valid)[:, 0]
+
+    got = predict_bucketed(first_token, sequences, batch_size=3, pad_id=bort_tiny.config.pad_id)
+    assert [s[1] for s in shapes] == [24, 16, 8]  # short sentences were not padded to the longest
+    for seq, row in zip(sequences, got):  # each equals encoding the sentence alone, unpadded
+        alone = _reference(bort_tiny, np.array([seq], dtype=np.float32), np.array([len(seq)], np.float32), None)
+        np.testing.assert_allclose(row, alone[0, 0], atol=1e-5)
+
+
+def test_encoder_flops_by_hand():
+    config = get_config("bort_4_8_768_1024")
+    # per layer and token: QKV 3*1024^2 + output 1024^2 + FFN 2*1024*768 multiply-adds, attention 2*128*1024
+    per_token = 4 * 2 * ((3 + 1) * 1024 * 1024 + 2 * 1024 * 768 + 2 * 128 * 1024)
+    assert encoder_flops(config, batch_size=2, seq_len=128) == 2 * 128 * per_token
+    assert 47e6 < per_token < 49e6
+
+
+# ---------------------------------------------------------------- task prediction (scripts/predict.py)
+
+VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vocab/merges.txt"]
+
+
+def _task_setup(name, data_dir, segment):
+    from bort.finetune import build_task_model
+    from bort.tasks import get_task
+    from bort.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(vocab_json=VOCAB[1], merges=VOCAB[3])
+    task = get_task(name)
+    mx.random.seed(4)
+    model = build_task_model(task, get_config("bort_tiny", vocab_size=tokenizer.vocab_size, dropout=0.0), dropout=0.0)
+    for pname, param in model.collect_params().items():  # a head that separates the classes clearly
+        if pname.endswith("weight") and "head" in pname:
+            param.set_data(mx.nd.random.normal(0, 1.0, shape=param.shape))
+    examples = task.read(segment, data_dir)
+    return task, tokenizer, model, examples, task.encode(examples, tokenizer, 64)
+
+
+@pytest.mark.parametrize("name,data_dir,segment", [("SST-2", "test_data/glue/SST-2", "dev"),
+                                                   ("COPA", "test_data/superglue/COPA", "dev")])
+def test_predict_task_matches_the_task_model(name, data_dir, segment):
+    from bort.finetune import predict_outputs
+    from bort.inference import predict_task
+
+    task, tokenizer, model, examples, instances = _task_setup(name, data_dir, segment)
+    expected = predict_outputs(task, model, instances, tokenizer.pad_id, batch_size=3)
+    got = predict_task(model.head, prepare(model.bort, "fp32"), instances, tokenizer.pad_id, batch_size=4)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_predict_script_fp32_and_int8(tmp_path):
+    import json
+    import scripts.predict as predict
+    from bort.errors import run_cli
+    from bort.finetune import predict_outputs, save_task_checkpoint
+
+    task, tokenizer, model, examples, instances = _task_setup("SST-2", "test_data/glue/SST-2", "dev")
+    ckpt = tmp_path / "sst2.params"
+    save_task_checkpoint(model, str(ckpt), task)
+    expected = task.predict(examples, instances, predict_outputs(task, model, instances, tokenizer.pad_id))
+    for mode in ("fp32", "int8"):
+        out = tmp_path / mode
+        run_cli(predict.main)(["--task_name", "SST-2", "--model_parameters", str(ckpt), "--data_dir",
+                               "test_data/glue/SST-2", "--segment", "dev", "--mode", mode, "--max_len", "64",
+                               "--batch_size", "8", "--output_dir", str(out)] + VOCAB)
+        rows = [json.loads(line) for line in (out / "SST-2.dev.predictions.jsonl").read_text().splitlines()]
+        assert [r["idx"] for r in rows] == [ex["idx"] for ex in examples]
+        agree = np.mean([r["prediction"] == e for r, e in zip(rows, expected)])
+        assert agree == 1.0 if mode == "fp32" else agree >= 0.9, (mode, agree)
