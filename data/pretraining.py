@@ -1,0 +1,336 @@
+"""Pretraining data: raw text -> masked-LM shards, in parallel, deterministic and pickle-free.
+
+Input is one sentence per line with blank lines between documents. The main process streams the input files
+and cuts them into chunks of about `CHUNK_BYTES` bytes at document boundaries (a document longer than 16 times
+that is split at a line end). Worker processes each take one chunk at a time: decode, tokenize, wrap
+every sentence in `<s> … </s>`, build and mask instances with a random generator seeded by
+(`random_seed`, chunk number); a "random next" segment B comes from another document of the same chunk
+(the original drew it from the whole input, which it held in memory). Results come back in chunk order,
+instance i goes to output `i % num_outputs`, and rows are spooled to disk as they arrive (`ShardWriter`),
+so memory stays bounded by a few chunks and the shards are byte-identical whatever the number of workers.
+
+The reader side (`load_shard`, `list_shards`, `batchify`) lives in `data.pretraining_format` and is
+re-exported here.
+"""
+import collections
+import dataclasses
+import glob
+import logging
+import multiprocessing
+import os
+import re
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from bort.errors import BortError
+from bort.io import write_json
+from data.pretraining_format import (FORMAT_VERSION, Instance, InstanceBatch, PretrainingShard,  # noqa: F401
+                                     ShardWriter, batchify, expand_paths, list_shards, load_shard, write_shard)
+from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 17
+SUMMARY_NAME = "summary.json"
+STAT_KEYS = ("lines", "skipped_lines", "documents", "sentences", "tokens", "instances", "instance_tokens",
+             "masked_positions")
+
+# A chunk: its number (which seeds its random generator), the file, the number of its first line, and its
+# bytes (whole lines).
+Chunk = collections.namedtuple("Chunk", ["index", "path", "first_line", "data"])
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+_READ_BLOCK = 1 << 20
+_FORK_UNSAFE = ("mxnet", "torch", "tensorflow", "jax")
+
+
+def shard_name(index):
+    return f"part-{index:03d}.npz"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input
+
+
+def _open_input(path):
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise BortError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def count_lines(paths):
+    """Number of lines in the files (for the progress bar)."""
+    total = 0
+    for path in paths:
+        with _open_input(path) as handle:
+            last = b"\n"
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                total += block.count(b"\n")
+                last = block[-1:]
+            total += last != b"\n"
+    return total
+
+
+def _find_cut(buffer, chunk_bytes, max_chunk_bytes, final):
+    """Where the chunk starting at buffer[0] ends, or None when more data is needed.
+
+    The first blank line ending at or after `chunk_bytes`; failing that (a document longer than
+    `max_chunk_bytes`) the last line end before `max_chunk_bytes`. Depends only on the data, never on how
+    it was read.
+    """
+    if len(buffer) >= chunk_bytes:
+        match = _BLANK_LINE.search(buffer, chunk_bytes - 1)
+        if match and match.end() <= max_chunk_bytes:
+            return match.end()
+        if match or len(buffer) >= max_chunk_bytes:
+            cut = buffer.rfind(b"\n", 0, max_chunk_bytes)
+            if cut >= 0:
+                return cut + 1
+            cut = buffer.find(b"\n", max_chunk_bytes)  # one enormous line
+            if cut >= 0:
+                return cut + 1
+    return len(buffer) if final and buffer else None
+
+
+def iter_chunks(paths, chunk_bytes=CHUNK_BYTES, max_chunk_bytes=None):
+    """Chunks of whole lines, cut after the first blank line past `chunk_bytes` (and at each file's end)."""
+    max_chunk_bytes = max_chunk_bytes or 16 * chunk_bytes
+    index = 0
+    for path in paths:
+        with _open_input(path) as handle:
+            buffer, first_line = bytearray(), 1
+            while True:
+                try:
+                    block = handle.read(_READ_BLOCK)
+                except OSError as err:
+                    raise BortError(f"{path}: cannot read ({err.strerror})") from None
+                buffer += block
+                while True:
+                    cut = _find_cut(buffer, chunk_bytes, max_chunk_bytes, final=not block)
+                    if cut is None:
+                        break
+                    data = bytes(buffer[:cut])
+                    del buffer[:cut]
+                    yield Chunk(index, path, first_line, data)
+                    index += 1
+                    first_line += data.count(b"\n")
+                if not block:
+                    break
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Work on one chunk (in a worker process, or in the main process with one worker)
+
+
+def tokenize_chunk(chunk, tokenizer, bos_id, eos_id, skip_invalid_utf8=False):
+    """Flat `<s> … </s>` token list, sentence starts, document sentence ranges, skipped line count."""
+    flat, starts, documents = [], [0], []
+    doc_first, skipped = 0, 0
+    encode = tokenizer.encode
+    lines = chunk.data.split(b"\n")
+    if chunk.data.endswith(b"\n"):
+        lines.pop()
+    for offset, raw in enumerate(lines):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if skip_invalid_utf8:
+                skipped += 1
+                continue
+            raise BortError(f"{chunk.path}:{chunk.first_line + offset}: invalid UTF-8 (byte {err.start + 1} of the "
+                            "line); expected UTF-8 text, or pass --skip_invalid_utf8 to skip and count such lines") \
+                from None
+        if offset == 0 and chunk.first_line == 1:
+            text = text.lstrip("\ufeff")
+        text = text.strip()
+        if not text:
+            if len(starts) - 1 > doc_first:
+                documents.append((doc_first, len(starts) - 1))
+                doc_first = len(starts) - 1
+            continue
+        ids = encode(text)
+        if not ids:
+            continue
+        flat.append(bos_id)
+        flat.extend(ids)
+        flat.append(eos_id)
+        starts.append(len(flat))
+    if len(starts) - 1 > doc_first:
+        documents.append((doc_first, len(starts) - 1))
+    return flat, starts, documents, skipped, len(lines)
+
+
+def chunk_rng(random_seed, chunk_index):
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([random_seed, chunk_index])))
+
+
+def process_chunk(chunk, tokenizer, options, vocab, skip_invalid_utf8=False):
+    """One chunk -> (InstanceBatch, stats). Depends only on the chunk, the options and the chunk's number."""
+    flat, starts, documents, skipped, num_lines = tokenize_chunk(chunk, tokenizer, vocab.bos_id, vocab.eos_id,
+                                                      skip_invalid_utf8)
+    flat = np.array(flat, dtype=np.int32)
+    batch = chunk_instances(flat, starts, documents, chunk_rng(options.random_seed, chunk.index), options, vocab)
+    stats = {"lines": num_lines, "skipped_lines": skipped, "documents": len(documents),
+             "sentences": len(starts) - 1, "tokens": len(flat), "instances": len(batch),
+             "instance_tokens": int(batch.input_offsets[-1]), "masked_positions": int(batch.masked_offsets[-1])}
+    return batch, stats
+
+
+_WORKER_STATE = {}
+
+
+def _init_worker(state):
+    _WORKER_STATE.clear()
+    _WORKER_STATE.update(state)
+
+
+def _process_in_worker(chunk):
+    return process_chunk(chunk, **_WORKER_STATE)
+
+
+def _mp_context():
+    """fork when nothing fork-unsafe is loaded (starts in milliseconds), else a fresh interpreter per worker.
+
+    MXNet and PyTorch start OpenMP/engine threads that a forked child inherits in a broken state, so with
+    either one imported the workers come from a fork server instead.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and not any(name in sys.modules for name in _FORK_UNSAFE):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def run_chunks(chunks, state, num_workers):
+    """Yield process_chunk results in chunk order, with at most 2 chunks per worker in flight."""
+    if num_workers == 1:
+        for chunk in chunks:
+            yield process_chunk(chunk, **state)
+        return
+    pool = ProcessPoolExecutor(num_workers, mp_context=_mp_context(), initializer=_init_worker, initargs=(state,))
+    pending = collections.deque()
+    try:
+        for chunk in chunks:
+            pending.append(pool.submit(_process_in_worker, chunk))
+            if len(pending) >= 2 * num_workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool:
+        raise BortError("a worker process died unexpectedly (out of memory?); try fewer --num_workers") from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole job
+
+
+def _prepare_output_dir(output_dir):
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise BortError(f"{output_dir}: cannot create the output directory ({err.strerror})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise BortError(f"{output_dir}: output directory is not writable")
+
+
+def _describe_instance(tokenizer, batch):
+    inst = batch.instance(0)
+
+    def tokens(ids):
+        return " ".join(tokenizer.id_to_token(int(i)) for i in ids)
+
+    return (f"first instance: tokens: {tokens(inst.input_ids)} | segment_ids: {inst.segment_ids.tolist()} | "
+            f"masked_lm_positions: {inst.masked_positions.tolist()} | masked_lm_labels: {tokens(inst.masked_ids)} "
+            f"| next_sentence_label: {int(inst.next_sentence_label)}")
+
+
+def create_pretraining_data(input_files, output_dir, tokenizer, options=None, num_workers=1, num_outputs=1,
+                            skip_invalid_utf8=False, progress=True, chunk_bytes=CHUNK_BYTES, extra_summary=None):
+    """Write `part-000.npz` … and `summary.json` into `output_dir`; return the summary dict.
+
+    `input_files` is a comma-separated string of paths/globs/directories or a list of files. Every problem a
+    user can cause raises a one-line BortError before any shard appears.
+    """
+    start = time.time()
+    options = (options or InstanceOptions()).validate()
+    for flag, value in (("num_workers", num_workers), ("num_outputs", num_outputs)):
+        if not isinstance(value, int) or value < 1:
+            raise BortError(f"--{flag} {value}: expected an integer >= 1")
+    if isinstance(input_files, str):
+        input_files = expand_paths(input_files, what="input files")
+    input_files = [os.fspath(p) for p in input_files]
+    if not input_files:
+        raise BortError("no input files given")
+    total_lines = count_lines(input_files)  # also checks that every file can be read, before any work
+    _prepare_output_dir(output_dir)
+    vocab = MaskingVocab.from_tokenizer(tokenizer, options.whole_word_mask)
+    metadata = {"vocab_size": vocab.vocab_size, "pad_id": vocab.eos_id if vocab.pad_id is None else vocab.pad_id,
+                "mask_id": vocab.mask_id, "bos_id": vocab.bos_id, "eos_id": vocab.eos_id,
+                "max_seq_length": options.max_seq_length}
+    shard_paths = [os.path.join(output_dir, shard_name(i)) for i in range(num_outputs)]
+    state = {"tokenizer": tokenizer, "options": options, "vocab": vocab, "skip_invalid_utf8": skip_invalid_utf8}
+    totals = dict.fromkeys(STAT_KEYS, 0)
+    writers = []
+    from tqdm import tqdm
+
+    try:
+        try:
+            writers = [ShardWriter(path, metadata) for path in shard_paths]
+        except OSError as err:
+            raise BortError(f"{output_dir}: cannot write shards there ({err.strerror})") from None
+        with tqdm(total=total_lines, unit="line", unit_scale=True, disable=not progress, desc="lines",
+                  smoothing=0.1) as bar:
+            chunks = iter_chunks(input_files, chunk_bytes)
+            for batch, stats in run_chunks(chunks, state, num_workers):
+                if totals["instances"] == 0 and len(batch):
+                    logger.debug("%s", _describe_instance(tokenizer, batch))
+                first = totals["instances"]
+                if num_outputs == 1:
+                    writers[0].append(batch)
+                else:
+                    for out in range(num_outputs):
+                        writers[out].append(batch.take(np.arange((out - first) % num_outputs, len(batch),
+                                                                 num_outputs)))
+                for key in STAT_KEYS:
+                    totals[key] += stats[key]
+                bar.update(stats["lines"])
+                bar.set_postfix(tokens_per_s=f"{totals['tokens'] / max(time.time() - start, 1e-9):,.0f}",
+                                refresh=False)
+        where = ",".join(input_files) if len(input_files) <= 3 else f"{input_files[0]} (+{len(input_files) - 1})"
+        if totals["documents"] == 0:
+            raise BortError(f"{where}: no documents found (expected text with one sentence per line and blank "
+                            "lines between documents)")
+        if totals["instances"] < num_outputs:
+            raise BortError(f"--num_outputs {num_outputs}: only {totals['instances']} instances were created; "
+                            "expected at least one per output (lower --num_outputs)")
+        for writer in writers:
+            writer.close()
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
+    seconds = time.time() - start
+    written = {os.path.abspath(p) for p in shard_paths}
+    stale = sorted(p for p in glob.glob(os.path.join(glob.escape(output_dir), "part-*.npz"))
+                   if os.path.abspath(p) not in written)
+    if stale:
+        logger.warning("%s holds older shards this run did not write (%s); remove them before training",
+                       output_dir, ", ".join(os.path.basename(p) for p in stale))
+    summary = dict(totals, seconds=round(seconds, 3), tokens_per_second=round(totals["tokens"] / seconds, 1),
+                   num_workers=num_workers, num_outputs=num_outputs, input_files=input_files,
+                   shards=[os.path.basename(p) for p in shard_paths], format_version=FORMAT_VERSION,
+                   options=dataclasses.asdict(options), vocab=metadata)
+    if extra_summary:
+        summary.update(extra_summary)
+    write_json(os.path.join(output_dir, SUMMARY_NAME), summary)
+    logger.info("%d lines, %d documents, %d tokens -> %d instances (%d masked positions) in %d shard(s) in %.1f s: "
+                "%.0f tokens/s with %d worker(s)%s", totals["lines"], totals["documents"], totals["tokens"],
+                totals["instances"], totals["masked_positions"], num_outputs, seconds, totals["tokens"] / seconds,
+                num_workers, f"; skipped {totals['skipped_lines']} invalid lines" if totals["skipped_lines"] else "")
+    return summary
+

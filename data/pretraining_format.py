@@ -1,0 +1,409 @@
+"""Pretraining shard format: pickle-free `.npz` files of flat int32 arrays with offsets.
+
+A shard `part-NNN.npz` holds n masked-LM instances:
+
+| array | dtype | shape | meaning |
+|---|---|---|---|
+| `input_ids` | int32 | (T,) | all instances' (masked) token ids, concatenated |
+| `segment_ids` | int32 | (T,) | segment (token type) ids, same layout |
+| `input_offsets` | int64 | (n+1,) | instance i is `input_ids[input_offsets[i]:input_offsets[i+1]]` |
+| `masked_lm_positions` | int32 | (M,) | positions (within the instance) that were selected for prediction |
+| `masked_lm_ids` | int32 | (M,) | the original token ids at those positions (the labels) |
+| `masked_offsets` | int64 | (n+1,) | instance i's predictions are `[masked_offsets[i]:masked_offsets[i+1]]` |
+| `next_sentence_labels` | int32 | (n,) | 1 when segment B is a random continuation (kept for format compatibility) |
+| `format_version` | int32 | () | `FORMAT_VERSION` |
+| `vocab_size`, `pad_id`, `mask_id`, `bos_id`, `eos_id`, `max_seq_length` | int32 | () | vocabulary metadata |
+
+`pad_id` is the id to pad batches with (`</s>` when the vocabulary has no `<pad>`). All arrays are plain
+integers, so `np.load(path, allow_pickle=False)` reads them; the file is what `np.savez` writes (an
+uncompressed zip of `.npy` files), streamed from disk, with fixed zip timestamps so that equal content gives
+equal bytes. The legacy gluon-nlp/Bort format (numpy object arrays, which need unpickling) is read only when
+the caller opts in.
+"""
+import collections
+import glob
+import os
+import shutil
+import tempfile
+import zipfile
+
+import numpy as np
+
+from bort.errors import BortError
+from bort.io import atomic_path
+
+FORMAT_VERSION = 1
+METADATA_FIELDS = ("vocab_size", "pad_id", "mask_id", "bos_id", "eos_id", "max_seq_length")
+LEGACY_FIELDS = ("input_ids", "masked_lm_ids", "masked_lm_positions", "masked_lm_weights",
+                 "next_sentence_labels", "segment_ids", "valid_lengths")
+# A fixed timestamp for zip entries keeps shards byte-identical between runs.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_COPY_BLOCK = 1 << 20
+
+Instance = collections.namedtuple(
+    "Instance", ["input_ids", "segment_ids", "masked_positions", "masked_ids", "next_sentence_label"])
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _offsets(lengths):
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def _ragged_take(flat, offsets, indices):
+    """Rows `indices` of a ragged array stored as (flat, offsets); returns (flat, offsets)."""
+    starts = offsets[indices]
+    lengths = offsets[indices + 1] - starts
+    new_offsets = _offsets(lengths)
+    gather = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
+    return flat[gather], new_offsets
+
+
+class InstanceBatch:
+    """n instances as flat arrays with offsets (the in-memory twin of a shard)."""
+
+    __slots__ = ("input_ids", "segment_ids", "input_offsets", "masked_positions", "masked_ids",
+                 "masked_offsets", "next_sentence_labels")
+
+    def __init__(self, input_ids, segment_ids, input_offsets, masked_positions, masked_ids, masked_offsets,
+                 next_sentence_labels):
+        self.input_ids = np.asarray(input_ids, dtype=np.int32)
+        self.segment_ids = np.asarray(segment_ids, dtype=np.int32)
+        self.input_offsets = np.asarray(input_offsets, dtype=np.int64)
+        self.masked_positions = np.asarray(masked_positions, dtype=np.int32)
+        self.masked_ids = np.asarray(masked_ids, dtype=np.int32)
+        self.masked_offsets = np.asarray(masked_offsets, dtype=np.int64)
+        self.next_sentence_labels = np.asarray(next_sentence_labels, dtype=np.int32)
+
+    def __len__(self):
+        return len(self.next_sentence_labels)
+
+    @classmethod
+    def from_instances(cls, instances):
+        instances = list(instances)
+
+        def cat(arrays):
+            return np.concatenate(arrays).astype(np.int32) if arrays else np.zeros(0, np.int32)
+
+        return cls(
+            cat([np.asarray(i.input_ids) for i in instances]),
+            cat([np.asarray(i.segment_ids) for i in instances]),
+            _offsets([len(i.input_ids) for i in instances]),
+            cat([np.asarray(i.masked_positions) for i in instances]),
+            cat([np.asarray(i.masked_ids) for i in instances]),
+            _offsets([len(i.masked_positions) for i in instances]),
+            [int(i.next_sentence_label) for i in instances])
+
+    def instance(self, i):
+        a, b = self.input_offsets[i], self.input_offsets[i + 1]
+        c, d = self.masked_offsets[i], self.masked_offsets[i + 1]
+        return Instance(self.input_ids[a:b], self.segment_ids[a:b], self.masked_positions[c:d],
+                        self.masked_ids[c:d], self.next_sentence_labels[i])
+
+    def take(self, indices):
+        """A new batch with the instances at `indices`, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        input_ids, input_offsets = _ragged_take(self.input_ids, self.input_offsets, indices)
+        segment_ids, _ = _ragged_take(self.segment_ids, self.input_offsets, indices)
+        masked_positions, masked_offsets = _ragged_take(self.masked_positions, self.masked_offsets, indices)
+        masked_ids, _ = _ragged_take(self.masked_ids, self.masked_offsets, indices)
+        return InstanceBatch(input_ids, segment_ids, input_offsets, masked_positions, masked_ids, masked_offsets,
+                             self.next_sentence_labels[indices])
+
+
+class ShardWriter:
+    """Appends instance batches to a shard without holding them in memory; `close()` writes the `.npz`.
+
+    Rows are spooled to anonymous temporary files beside the shard and streamed into the zip at the end,
+    through `bort.io.atomic_path`: the shard appears complete or not at all. Use as a context manager;
+    an exception discards everything.
+    """
+
+    _FLAT = (("input_ids", np.int32), ("segment_ids", np.int32), ("input_offsets", np.int64),
+             ("masked_lm_positions", np.int32), ("masked_lm_ids", np.int32), ("masked_offsets", np.int64),
+             ("next_sentence_labels", np.int32))
+
+    def __init__(self, path, metadata):
+        missing = [k for k in METADATA_FIELDS if k not in metadata]
+        if missing:
+            raise ValueError(f"shard metadata lacks {missing}")
+        self.path = os.fspath(path)
+        self.metadata = {k: int(metadata[k]) for k in METADATA_FIELDS}
+        directory = os.path.dirname(os.path.abspath(self.path))
+        self._spool = {name: tempfile.TemporaryFile(dir=directory) for name, _ in self._FLAT}
+        self._count = {name: 0 for name, _ in self._FLAT}
+        self._tokens = 0
+        self._masked = 0
+        self._write("input_offsets", np.zeros(1, np.int64))
+        self._write("masked_offsets", np.zeros(1, np.int64))
+        self.num_instances = 0
+
+    def _write(self, name, array):
+        self._spool[name].write(np.ascontiguousarray(array).tobytes())
+        self._count[name] += len(array)
+
+    def append(self, batch):
+        if not len(batch):
+            return
+        self._write("input_ids", batch.input_ids)
+        self._write("segment_ids", batch.segment_ids)
+        self._write("input_offsets", batch.input_offsets[1:] + self._tokens)
+        self._write("masked_lm_positions", batch.masked_positions)
+        self._write("masked_lm_ids", batch.masked_ids)
+        self._write("masked_offsets", batch.masked_offsets[1:] + self._masked)
+        self._write("next_sentence_labels", batch.next_sentence_labels)
+        self._tokens += int(batch.input_offsets[-1])
+        self._masked += int(batch.masked_offsets[-1])
+        self.num_instances += len(batch)
+
+    def _entry(self, zf, name):
+        info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE)
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        return zf.open(info, "w", force_zip64=True)
+
+    def close(self):
+        """Write the shard atomically and release the spool files."""
+        try:
+            with atomic_path(self.path) as tmp:
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+                    for name, dtype in self._FLAT:
+                        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                  "fortran_order": False, "shape": (self._count[name],)}
+                        spool = self._spool[name]
+                        spool.flush()
+                        spool.seek(0)
+                        with self._entry(zf, name) as out:
+                            np.lib.format.write_array_header_1_0(out, header)
+                            shutil.copyfileobj(spool, out, _COPY_BLOCK)
+                    scalars = dict(self.metadata, format_version=FORMAT_VERSION)
+                    for name in ("format_version",) + METADATA_FIELDS:
+                        with self._entry(zf, name) as out:
+                            np.lib.format.write_array(out, np.array(scalars[name], dtype=np.int32),
+                                                      allow_pickle=False)
+                os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give
+        finally:
+            self.abort()
+
+    def abort(self):
+        for spool in self._spool.values():
+            spool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
+
+
+def write_shard(path, batch, metadata):
+    """Write one InstanceBatch as a shard (atomic)."""
+    with ShardWriter(path, metadata) as writer:
+        writer.append(batch)
+
+
+class PretrainingShard:
+    """A loaded shard: `len(shard)`, `shard[i] -> Instance`, `shard.lengths`, `shard.metadata`."""
+
+    def __init__(self, batch, metadata, path=None, legacy=False):
+        self.batch = batch
+        self.metadata = metadata
+        self.path = path
+        self.legacy = legacy
+        self.lengths = np.diff(batch.input_offsets).astype(np.int32)
+
+    def __len__(self):
+        return len(self.batch)
+
+    def __getitem__(self, index):
+        n = len(self.batch)
+        if not -n <= index < n:
+            raise IndexError(f"instance {index} out of range for a shard of {n}")
+        return self.batch.instance(index % n)
+
+    def __iter__(self):
+        return (self.batch.instance(i) for i in range(len(self.batch)))
+
+    @property
+    def num_tokens(self):
+        return int(self.batch.input_offsets[-1])
+
+
+def _one_line(err):
+    return " ".join(str(err).split())
+
+
+def _check(path, condition, what):
+    if not condition:
+        raise BortError(f"{path}: {what}")
+
+
+def _validate(path, batch):
+    n = len(batch)
+    for name, offsets, flat in (("input_offsets", batch.input_offsets, batch.input_ids),
+                                ("masked_offsets", batch.masked_offsets, batch.masked_positions)):
+        _check(path, offsets.ndim == 1 and len(offsets) == n + 1,
+               f"{name}: expected {n + 1} offsets (one more than next_sentence_labels), found shape {offsets.shape}")
+        _check(path, offsets[0] == 0 and offsets[-1] == len(flat) and np.all(np.diff(offsets) >= 0),
+               f"{name}: expected non-decreasing offsets from 0 to {len(flat)}")
+    _check(path, batch.segment_ids.shape == batch.input_ids.shape,
+           f"segment_ids: expected shape {batch.input_ids.shape} like input_ids, found {batch.segment_ids.shape}")
+    _check(path, batch.masked_ids.shape == batch.masked_positions.shape,
+           f"masked_lm_ids: expected shape {batch.masked_positions.shape} like masked_lm_positions, "
+           f"found {batch.masked_ids.shape}")
+    lengths = np.diff(batch.input_offsets)
+    per_position = np.repeat(lengths, np.diff(batch.masked_offsets))
+    _check(path, np.all((batch.masked_positions >= 0) & (batch.masked_positions < per_position)),
+           "masked_lm_positions: expected positions inside their instance")
+
+
+def _integer(path, npz, name, ndim=1):
+    array = npz[name]
+    _check(path, array.dtype.kind in "iu" and array.ndim == ndim,
+           f"{name}: expected a {ndim}-d integer array, found {array.dtype} with shape {array.shape}")
+    return array
+
+
+def _read_current(path, npz):
+    version = int(_integer(path, npz, "format_version", ndim=0))
+    _check(path, version <= FORMAT_VERSION,
+           f"format_version {version} is newer than this reader ({FORMAT_VERSION}); update the code")
+    batch = InstanceBatch(*(_integer(path, npz, name) for name in (
+        "input_ids", "segment_ids", "input_offsets", "masked_lm_positions", "masked_lm_ids", "masked_offsets",
+        "next_sentence_labels")))
+    metadata = {name: int(npz[name]) for name in METADATA_FIELDS if name in npz.files}
+    metadata["format_version"] = version
+    return batch, metadata
+
+
+def _read_legacy(path):
+    with np.load(path, allow_pickle=True) as npz:  # the caller opted in explicitly
+        fields = {name: npz[name] for name in LEGACY_FIELDS}
+    n = len(fields["valid_lengths"])
+    rows = []
+    for i in range(n):
+        length = int(fields["valid_lengths"][i])
+        weights = np.asarray(fields["masked_lm_weights"][i], dtype=np.float32)
+        keep = weights > 0
+        rows.append(Instance(
+            np.asarray(fields["input_ids"][i], dtype=np.int32)[:length],
+            np.asarray(fields["segment_ids"][i], dtype=np.int32)[:length],
+            np.asarray(fields["masked_lm_positions"][i], dtype=np.int32)[keep],
+            np.asarray(fields["masked_lm_ids"][i], dtype=np.int32)[keep],
+            int(np.asarray(fields["next_sentence_labels"][i]).reshape(-1)[0])))
+    return InstanceBatch.from_instances(rows), {"format_version": 0}
+
+
+def load_shard(path, allow_legacy_pickle=False):
+    """Read a shard written by `ShardWriter` (or, with `allow_legacy_pickle=True`, a gluon-nlp/Bort one).
+
+    Any unreadable, truncated or inconsistent file raises a one-line BortError naming it.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BortError(f"{path}: shard file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+            if "input_offsets" in names:
+                batch, metadata = _read_current(path, npz)
+                legacy = False
+            elif set(LEGACY_FIELDS) <= names:
+                if not allow_legacy_pickle:
+                    raise BortError(
+                        f"{path}: legacy gluon-nlp/Bort shard of pickled numpy object arrays; loading it can run "
+                        "code from the file, so it is refused unless you pass --allow_legacy_pickle "
+                        "(or regenerate it with create_pretraining_data.py)")
+                legacy = True
+            else:
+                missing = sorted({"input_ids", "input_offsets", "masked_lm_positions"} - names)
+                raise BortError(f"{path}: not a pretraining shard (arrays {missing} are missing)")
+        if legacy:
+            batch, metadata = _read_legacy(path)
+    except BortError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, AttributeError,
+            zipfile.BadZipFile) as err:
+        raise BortError(f"{path}: corrupt or truncated shard ({type(err).__name__}: {_one_line(err)})") from None
+    _validate(path, batch)
+    return PretrainingShard(batch, metadata, path=path, legacy=legacy)
+
+
+def expand_paths(spec, directory_pattern="*", what="files"):
+    """Expand comma-separated paths, globs and directories into a de-duplicated list of files.
+
+    Globs and directories expand in sorted order. Raises a one-line BortError for an item that matches
+    nothing.
+    """
+    items = [item.strip() for item in str(spec).split(",") if item.strip()]
+    if not items:
+        raise BortError(f"no {what} given (expected comma-separated paths or globs)")
+    found, seen = [], set()
+    for item in items:
+        path = os.path.expanduser(item)
+        if os.path.isdir(path):
+            matches = sorted(p for p in glob.glob(os.path.join(glob.escape(path), directory_pattern))
+                             if os.path.isfile(p))
+            if not matches:
+                raise BortError(f"{item}: directory holds no {what} matching {directory_pattern}")
+        elif glob.has_magic(path):
+            matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+            if not matches:
+                raise BortError(f"{item}: no {what} match this pattern")
+        elif os.path.isfile(path):
+            matches = [path]
+        else:
+            raise BortError(f"{item}: no such file or directory")
+        for match in matches:
+            if match not in seen:
+                seen.add(match)
+                found.append(match)
+    return found
+
+
+def list_shards(pattern_or_dir):
+    """Shard files from comma-separated paths, globs or directories (a directory means `dir/*.npz`)."""
+    return expand_paths(pattern_or_dir, directory_pattern="*.npz", what="shard files")
+
+
+def batchify(instances, pad_id):
+    """Pad a list of Instances into numpy arrays for one batch.
+
+    Returns input_ids (B, L) padded with `pad_id`, segment_ids (B, L), valid_length (B,),
+    masked_positions (B, K) padded with 0, masked_ids (B, K) padded with `pad_id`, masked_weights (B, K)
+    (1 for real predictions, 0 for padding) and next_sentence_label (B,).
+    """
+    instances = list(instances)
+    if not instances:
+        raise ValueError("batchify needs at least one instance")
+    batch = len(instances)
+    lengths = np.array([len(i.input_ids) for i in instances], dtype=np.int32)
+    counts = np.array([len(i.masked_positions) for i in instances], dtype=np.int32)
+    max_len, max_k = int(lengths.max()), max(1, int(counts.max()))
+    out = {
+        "input_ids": np.full((batch, max_len), pad_id, dtype=np.int32),
+        "segment_ids": np.zeros((batch, max_len), dtype=np.int32),
+        "valid_length": lengths,
+        "masked_positions": np.zeros((batch, max_k), dtype=np.int32),
+        "masked_ids": np.full((batch, max_k), pad_id, dtype=np.int32),
+        "masked_weights": np.zeros((batch, max_k), dtype=np.float32),
+        "next_sentence_label": np.array([int(i.next_sentence_label) for i in instances], dtype=np.int32),
+    }
+    for row, inst in enumerate(instances):
+        n, k = lengths[row], counts[row]
+        out["input_ids"][row, :n] = inst.input_ids
+        out["segment_ids"][row, :n] = inst.segment_ids
+        out["masked_positions"][row, :k] = inst.masked_positions
+        out["masked_ids"][row, :k] = inst.masked_ids
+        out["masked_weights"][row, :k] = 1.0
+    return out
