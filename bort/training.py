@@ -77,6 +77,9 @@ class Distributed:
 
     def make_trainer(self, params, optimizer, optimizer_params):
         if self.hvd and self.size > 1:
+            # Horovod sorts a list of parameters (Parameters are not orderable); a dict keeps our order.
+            if not isinstance(params, dict):
+                params = {param.name: param for param in params}
             return self.hvd.DistributedTrainer(params, optimizer, optimizer_params)
         return mx.gluon.Trainer(params, optimizer, optimizer_params, update_on_kvstore=False, kvstore=None)
 
@@ -165,7 +168,10 @@ class GradientStep:
     def __call__(self, normalizer=1.0):
         self.trainer.allreduce_grads()
         scale = self.loss_scale * normalizer
-        max_norm = self.max_norm * scale if self.max_norm else None
+        # Horovod without NCCL averaging leaves the sum over ranks in the gradients and folds 1/size into
+        # trainer._scale (rescale_grad): measure and clip the gradient that the update will actually apply.
+        grad_scale = scale / getattr(self.trainer, "_scale", 1.0)
+        max_norm = self.max_norm * grad_scale if self.max_norm else None
         if max_norm:
             norm = clip_grad_global_norm(self.params, max_norm, check_isfinite=True)
             norm = float(norm.asscalar() if hasattr(norm, "asscalar") else norm)
@@ -176,7 +182,7 @@ class GradientStep:
             self.loss_scaler.update(not finite)
         if finite:
             self.trainer.update(scale)
-        return norm / scale, finite
+        return norm / grad_scale, finite
 
     def zero_grad(self):
         for param in self.params:

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Bort pretraining by knowledge distillation, as the original launcher:
+#
+#   ./run_pretraining_distillation.sh <num gpus> <train data> <test data> [teacher ckpt] [extra flags...]
+#
+# <train data>/<test data>: shard files, globs or directories (create_pretraining_data.py output).
+# [teacher ckpt]: a .params file, a directory with one .params file, or a local HF RoBERTa directory;
+#                 without it the teacher is randomly initialized (only sensible for tests).
+# Extra flags after the positional arguments go to run_pretraining_distillation_hvd.py and override the
+# defaults below (e.g. --num_steps 1000 --ckpt_dir out/).
+#
+# TEST as <train data>: tokenize test_data/sample_text.txt with the test vocabulary, pretrain a tiny RoBERTa
+# teacher on it by masked-LM (unless a teacher checkpoint is given), then distill a tiny Bort student from it,
+# on CPU in float32, in about a minute. Uses horovodrun with <num gpus> processes when it is installed.
+# The run directory is $BORT_TEST_DIR (default: pretraining_distillation_test).
+set -euo pipefail
+
+if [ $# -lt 3 ]; then
+    echo "usage: $0 <num gpus> <train data> <test data> [teacher ckpt] [extra flags...]" >&2
+    exit 2
+fi
+NUMPROC=$1
+TRAIN_DATA=$2
+TEST_DATA=$3
+shift 3
+TEACHER_CKPT=""
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
+    TEACHER_CKPT=$1
+    shift
+fi
+case "$NUMPROC" in
+    ''|*[!0-9]*|0) echo "error: <num gpus> must be a positive integer, got '$NUMPROC'" >&2; exit 2 ;;
+esac
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON=${PYTHON:-python}
+export MXNET_SAFE_ACCUMULATION=1
+
+# The original's settings.
+MODEL=bort_4_8_768_1024
+TEACHER_MODEL=roberta_24_1024_16
+DTYPE=float16
+NUM_STEPS=2000000
+LR=1e-4
+BS=1024
+BS_EVAL=16
+ACC=1
+LOG_INTERVAL=10
+CKPT_INTERVAL=10
+CKPT_DIR=${MODEL}_model
+EXTRA_TEST=()
+
+if [ "$TRAIN_DATA" = "TEST" ]; then
+    RUN_DIR=${BORT_TEST_DIR:-pretraining_distillation_test}
+    rm -rf "$RUN_DIR"
+    mkdir -p "$RUN_DIR"
+    VOCAB=(--vocab_json "$HERE/test_data/vocab/vocab.json" --merges "$HERE/test_data/vocab/merges.txt")
+    # Training shards (one per process) and held-out maskings of the same text for evaluation.
+    "$PYTHON" "$HERE/create_pretraining_data.py" --input_file "$HERE/test_data/sample_text.txt" \
+        --output_dir "$RUN_DIR/train" "${VOCAB[@]}" --max_seq_length 32 --dupe_factor 40 \
+        --num_outputs "$NUMPROC" --num_workers 1 --no_progress
+    "$PYTHON" "$HERE/create_pretraining_data.py" --input_file "$HERE/test_data/sample_text.txt" \
+        --output_dir "$RUN_DIR/eval" "${VOCAB[@]}" --max_seq_length 32 --dupe_factor 1 --random_seed 4321 \
+        --num_outputs 1 --num_workers 1 --no_progress
+    TRAIN_DATA="$RUN_DIR/train"
+    TEST_DATA="$RUN_DIR/eval"
+    MODEL=bort_tiny
+    TEACHER_MODEL=roberta_tiny
+    DTYPE=float32
+    NUM_STEPS=${TEST_STEPS:-300}
+    LR=1e-3
+    BS=1024
+    BS_EVAL=64
+    LOG_INTERVAL=20
+    CKPT_INTERVAL=100
+    CKPT_DIR="$RUN_DIR/${MODEL}_model"
+    EXTRA_TEST=(--cpu_only --num_buckets 4 --warmup_ratio 0.1)
+    # Small models on a CPU: one thread per process is fastest.
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    if [ -z "$TEACHER_CKPT" ]; then
+        TEACHER_STEPS=${TEST_TEACHER_STEPS:-300}
+        echo "TEST: pretraining a tiny teacher (masked LM, $TEACHER_STEPS steps) in $RUN_DIR/teacher" >&2
+        # roberta_tiny, twice as wide: it learns the sample text faster.
+        "$PYTHON" -c "import sys; sys.path.insert(0, sys.argv[1]); from bort.model import get_config; \
+from bort.io import write_json; \
+write_json(sys.argv[2], get_config('roberta_tiny', units=128, embed_size=128, hidden_size=512).to_dict())" \
+            "$HERE" "$RUN_DIR/teacher_config.json"
+        "$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" --data "$TRAIN_DATA" --data_eval "$TEST_DATA" \
+            --model "$RUN_DIR/teacher_config.json" --teacher_model none --mlm_weight 1 --teacher_ce_weight 0 \
+            --num_steps "$TEACHER_STEPS" --optimizer adam --lr 5e-3 --warmup_ratio 0.1 --batch_size 2048 \
+            --use_avg_len --num_buckets 4 --dropout 0 --dtype float32 --cpu_only --log_interval 50 \
+            --ckpt_interval "$TEACHER_STEPS" --eval_interval 0 --ckpt_dir "$RUN_DIR/teacher" --no_progress
+        TEACHER_CKPT="$RUN_DIR/teacher/$(printf 'step_%07d.params' "$TEACHER_STEPS")"
+    fi
+fi
+
+TEACHER_ARGS=()
+if [ -n "$TEACHER_CKPT" ]; then
+    TEACHER_ARGS=(--teacher_ckpt_dir "$TEACHER_CKPT")
+fi
+
+ARGS=(--data "$TRAIN_DATA" --data_eval "$TEST_DATA" --model "$MODEL" --teacher_model "$TEACHER_MODEL"
+      "${TEACHER_ARGS[@]}" --teacher_ce_weight 0.5 --distillation_temperature 2.0 --mlm_weight 0.1
+      --num_steps "$NUM_STEPS" --lr "$LR" --batch_size_eval "$BS_EVAL" --batch_size "$BS" --accumulate "$ACC"
+      --num_buckets 20 --use_avg_len --log_interval "$LOG_INTERVAL" --ckpt_interval "$CKPT_INTERVAL"
+      --ckpt_dir "$CKPT_DIR" --dtype "$DTYPE" "${EXTRA_TEST[@]}" "$@")
+
+mkdir -p "$CKPT_DIR"
+if command -v horovodrun >/dev/null 2>&1 && "$PYTHON" -c "import horovod.mxnet" >/dev/null 2>&1; then
+    LAUNCH=(horovodrun -np "$NUMPROC" -H "localhost:$NUMPROC" "$PYTHON")
+elif [ "$NUMPROC" -eq 1 ]; then
+    LAUNCH=("$PYTHON")
+else
+    echo "error: horovodrun (horovod with MXNet) is needed for $NUMPROC processes; install it or use 1" >&2
+    exit 2
+fi
+set -x
+"${LAUNCH[@]}" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" 2>&1 | tee "$CKPT_DIR/train.log"
+exit "${PIPESTATUS[0]}"

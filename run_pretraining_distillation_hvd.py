@@ -1,0 +1,103 @@
+"""Bort pretraining by knowledge distillation from a RoBERTa teacher, with Horovod.
+
+    horovodrun -np 8 -H localhost:8 python run_pretraining_distillation_hvd.py --data 'shards/*.npz' \
+        --data_eval 'dev/*.npz' --teacher_ckpt_dir roberta_large/ --teacher_ce_weight 0.5 \
+        --distillation_temperature 2.0 --mlm_weight 0.1 --batch_size 1024 --use_avg_len --num_buckets 20
+
+Without horovodrun the same command runs as one process. Flags and defaults follow the original script
+(alexa/bort); see README, "Pretraining by distillation". The work is done by bort.pretraining.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+
+import bort  # noqa: F401  (before mxnet: thread settings)
+from bort.errors import run_cli
+from bort.pretraining import PretrainConfig, pretrain, write_summary
+
+D = PretrainConfig()
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=True, help="training shards: comma-separated files, globs or directories")
+    g.add_argument("--data_eval", default=None, help="evaluation shards (evaluated every --eval_interval steps "
+                                                     "and, with the teacher, at the end)")
+    g.add_argument("--batch_size", type=int, default=D.batch_size,
+                   help="batch per worker: sequences, or tokens with --use_avg_len")
+    g.add_argument("--total_batch_size", type=int, default=None,
+                   help="global batch (workers x accumulate x batch_size); overrides --batch_size")
+    g.add_argument("--batch_size_eval", type=int, default=D.batch_size_eval)
+    g.add_argument("--accumulate", type=int, default=D.accumulate, help="micro-batches per optimizer step")
+    g.add_argument("--use_avg_len", action="store_true",
+                   help="bucket by average length: --batch_size counts tokens instead of sequences")
+    g.add_argument("--num_buckets", type=int, default=D.num_buckets, help="length buckets for batching")
+    g.add_argument("--num_eval_steps", type=int, default=None, help="evaluate at most this many batches")
+    g.add_argument("--allow_legacy_pickle", action="store_true",
+                   help="read legacy gluon-nlp/Bort shards (pickled object arrays: only for files you trust)")
+    g.add_argument("--dataset_name", default=None,
+                   help="accepted for compatibility with the original; the vocabulary comes from the shards")
+    g = p.add_argument_group("models")
+    g.add_argument("--model", default=D.model, help="student config name or JSON")
+    g.add_argument("--student_params", default=None, help="initialize the student from these parameters")
+    g.add_argument("--teacher_model", default=D.teacher_model,
+                   help="teacher config (used when the checkpoint has no JSON config beside it); "
+                        "'none': no teacher, plain masked-LM pretraining (needs --teacher_ce_weight 0)")
+    g.add_argument("--teacher_ckpt_dir", default=None,
+                   help="teacher: a .params file, a directory with one .params file, or a local HF directory; "
+                        "without it the teacher is randomly initialized (only sensible for tests)")
+    g.add_argument("--dropout", type=float, default=None, help="override the student's dropout")
+    g = p.add_argument_group("loss")
+    g.add_argument("--teacher_ce_weight", type=float, default=D.teacher_ce_weight,
+                   help="weight of T^2 KL(teacher || student) on masked positions")
+    g.add_argument("--distillation_temperature", type=float, default=D.distillation_temperature)
+    g.add_argument("--mlm_weight", type=float, default=D.mlm_weight, help="weight of the masked-LM cross-entropy")
+    g.add_argument("--legacy_kd_loss", action="store_true",
+                   help="reproduce the original's KD term (log-softmax of the student's probabilities, "
+                        "averaged over the vocabulary); wrong, for reproducing old runs only")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--num_steps", type=int, default=D.num_steps)
+    g.add_argument("--lr", type=float, default=D.lr)
+    g.add_argument("--warmup_ratio", type=float, default=D.warmup_ratio)
+    g.add_argument("--optimizer", default=D.optimizer, choices=["bertadam", "lamb", "adam"])
+    g.add_argument("--weight_decay", type=float, default=D.weight_decay)
+    g.add_argument("--max_grad_norm", type=float, default=D.max_grad_norm, help="global-norm clipping (0: off)")
+    g.add_argument("--dtype", default=D.dtype, choices=["float16", "float32"],
+                   help="float16 (dynamic loss scaling) needs a GPU; CPU runs use float32")
+    g.add_argument("--cpu_only", action="store_true")
+    g.add_argument("--seed", type=int, default=D.seed)
+    g = p.add_argument_group("checkpoints and logging")
+    g.add_argument("--ckpt_dir", default=D.ckpt_dir)
+    g.add_argument("--ckpt_interval", type=int, default=D.ckpt_interval)
+    g.add_argument("--start_step", default=D.start_step, help="resume from this checkpoint step, or 'latest'")
+    g.add_argument("--eval_interval", type=int, default=None, help="default: --ckpt_interval (as the original)")
+    g.add_argument("--log_interval", type=int, default=D.log_interval)
+    g.add_argument("--metrics_file", default=None, help="JSON lines (default: <ckpt_dir>/metrics.jsonl)")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+    g.add_argument("--stop_at_step", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--summary_json", default=None, help="write the final metrics and a parameter checksum here "
+                                                   "('{rank}' in the name: one file per rank)")
+    g.add_argument("--verbose", action="store_true")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s",
+                        level=logging.DEBUG if args.verbose else logging.INFO)
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
+                            progress=not args.no_progress)
+    result = pretrain(config)
+    if args.summary_json and (result["rank"] == 0 or "{rank}" in args.summary_json):
+        write_summary(args.summary_json, result, result["rank"])
+    if result.get("eval") and result["rank"] == 0:
+        print(json.dumps({k: result["eval"][k] for k in ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement")}))
+
+
+if __name__ == "__main__":
+    run_cli(main)()

@@ -1,0 +1,47 @@
+"""Fill '<mask>' tokens with a model's masked-LM head: prints the top-k tokens and probabilities per mask.
+
+    python scripts/fill_mask.py --params ckpt/step_0000060.params --vocab_json vocab.json --merges merges.txt \
+        "The quick brown <mask> jumps over the lazy dog."
+
+The params file's JSON config beside it describes the model; otherwise pass --model (e.g. bort_4_8_768_1024).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bort  # noqa: E402,F401  (before mxnet)
+from bort.checkpoint import load_model  # noqa: E402
+from bort.errors import run_cli  # noqa: E402
+from bort.pretraining import fill_mask  # noqa: E402
+from bort.tokenizer import add_tokenizer_args, tokenizer_from_args  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("text", nargs="+", help="sentence(s) containing <mask>")
+    parser.add_argument("--params", required=True, help="model parameters (with the MLM head)")
+    parser.add_argument("--model", default=None, help="config name or JSON when no <params>.json sits beside it")
+    parser.add_argument("--top_k", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_tokenizer_args(parser)
+    args = parser.parse_args(argv)
+    tokenizer = tokenizer_from_args(args)
+    model = load_model(args.params, config=args.model, use_decoder=True)
+    out = []
+    for text in args.text:
+        out.append({"text": text, "masks": [[{"token": t, "prob": p} for t, p in preds]
+                                            for preds in fill_mask(model, tokenizer, text, args.top_k)]})
+    if args.json:
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    for item in out:
+        print(item["text"])
+        for i, preds in enumerate(item["masks"]):
+            print(f"  <mask> {i + 1}: " + "  ".join(f"{p['token']!r} {p['prob']:.3f}" for p in preds))
+
+
+if __name__ == "__main__":
+    run_cli(main)()

@@ -1,0 +1,116 @@
+"""End to end: the TEST launcher mode pretrains a tiny teacher on the sample text, distills a tiny Bort student
+from it, and the student's MLM head fills held-back masks of that text far above chance and above a frequency
+baseline. Also covers scripts/fill_mask.py and scripts/plot_metrics.py on the run's outputs."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import bort  # noqa: F401
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bort.checkpoint import load_model
+from bort.pretraining import encode_with_masks, topk_accuracy
+from bort.tokenizer import load_tokenizer
+from data.pretraining import batchify, list_shards, load_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB_JSON = os.path.join(ROOT, "test_data/vocab/vocab.json")
+MERGES = os.path.join(ROOT, "test_data/vocab/merges.txt")
+
+
+def _have_horovod():
+    return shutil.which("horovodrun") is not None and subprocess.run(
+        [sys.executable, "-c", "import horovod.mxnet"], capture_output=True).returncode == 0
+
+
+def _batches(spec, size=64):
+    for path in list_shards(spec):
+        shard = load_shard(path)
+        for start in range(0, len(shard), size):
+            yield batchify([shard[i] for i in range(start, min(len(shard), start + size))],
+                           shard.metadata["pad_id"])
+
+
+@pytest.fixture(scope="module")
+def test_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("launcher") / "run"
+    procs = "2" if _have_horovod() else "1"
+    env = dict(os.environ, BORT_TEST_DIR=str(run_dir), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "run_pretraining_distillation.sh"), procs, "TEST", "TEST"],
+                          cwd=str(run_dir.parent), env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_launcher_test_mode_distills_a_student_that_fills_masks(test_run):
+    student_dir = test_run / "bort_tiny_model"
+    params = student_dir / "step_0000300.params"
+    assert params.is_file() and (student_dir / "step_0000300.state.json").is_file()
+    records = [json.loads(line) for line in open(student_dir / "metrics.jsonl")]
+    train = [r for r in records if r["kind"] == "train"]
+    evals = {r["model"]: r for r in records if r["kind"] == "eval" and r["step"] == 300}
+    assert len(train) == 15 and {"student", "teacher"} <= set(evals)
+    for key in ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s", "ms_per_step"):
+        assert all(np.isfinite(r[key]) for r in train), key
+    assert train[-1]["kd_loss"] < 0.5 * train[0]["kd_loss"]
+
+    # Held-back masks: the eval shard masks the text with another seed than the training shards.
+    student = load_model(str(params))
+    teacher = load_model(str(test_run / "teacher" / "step_0000300.params"))
+    vocab_size = student.config.vocab_size
+    counts = np.zeros(vocab_size)
+    for batch in _batches(str(test_run / "train")):
+        np.add.at(counts, batch["masked_ids"][batch["masked_weights"] > 0], 1)
+    labels = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in _batches(str(test_run / "eval"))])
+    frequency_top5 = np.isin(labels, np.argsort(-counts)[:5]).mean()
+    chance_top5 = 5 / vocab_size
+    student_top5 = topk_accuracy(student, _batches(str(test_run / "eval")), mx.cpu(), k=5)
+    teacher_top5 = topk_accuracy(teacher, _batches(str(test_run / "eval")), mx.cpu(), k=5)
+    print(f"top-5 on held-back masks: student {student_top5:.3f}, teacher {teacher_top5:.3f}, "
+          f"frequency baseline {frequency_top5:.3f}, chance {chance_top5:.4f}")
+    assert student_top5 > 20 * chance_top5
+    assert student_top5 > frequency_top5 + 0.02
+    assert teacher_top5 > frequency_top5 + 0.02
+    assert evals["student"]["mlm_acc"] > np.isin(labels, np.argsort(-counts)[:1]).mean()
+
+
+@pytest.mark.slow
+def test_fill_mask_cli_and_plots(test_run, tmp_path):
+    params = test_run / "bort_tiny_model" / "step_0000300.params"
+    sentence = "The boats come back in the afternoon with fish and <mask>."
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
+                           "--vocab_json", VOCAB_JSON, "--merges", MERGES, "--top_k", "7", "--json", sentence],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    preds = out[0]["masks"][0]
+    assert len(preds) == 7
+    probs = [p["prob"] for p in preds]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    # No mask in the text: a one-line error.
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
+                           "--vocab_json", VOCAB_JSON, "--merges", MERGES, "no mask here"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "has no <mask> token" in proc.stderr
+
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/plot_metrics.py"),
+                           str(test_run / "bort_tiny_model" / "metrics.jsonl"), "--output", str(png)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_encode_with_masks_gives_the_space_to_the_mask():
+    tokenizer = load_tokenizer(vocab_json=VOCAB_JSON, merges=MERGES)
+    ids, positions = encode_with_masks(tokenizer, "The <mask> runs through the old town.")
+    assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.eos_id
+    assert [ids[p] for p in positions] == [tokenizer.mask_id]
+    assert tokenizer.decode(ids[1:positions[0]]) == "The"
+    assert tokenizer.decode(ids[positions[0] + 1:-1]) == " runs through the old town."

@@ -1,0 +1,246 @@
+"""The distillation pretrainer: learning, exact resume, crash-safe checkpoints, Horovod, bad input, TEST launcher."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import bort  # noqa: F401
+import mxnet as mx
+import numpy as np
+import pytest
+
+import create_pretraining_data
+import run_pretraining_distillation_hvd as cli
+from bort.checkpoint import load_parameters, save_parameters
+from bort.errors import BortError
+from bort.model import build_model, get_config
+from bort.pretraining import (PretrainConfig, complete_checkpoints, parameters_digest, pretrain, resolve_start_step,
+                              split_shards)
+from data.pretraining import load_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
+         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
+SAMPLE = os.path.join(ROOT, "test_data/sample_text.txt")
+
+
+def make_shards(out_dir, num_outputs=2, dupe_factor=2, seed=12345, max_seq_length=32):
+    create_pretraining_data.main(["--input_file", SAMPLE, "--output_dir", str(out_dir), *VOCAB,
+                                  "--dupe_factor", str(dupe_factor), "--num_outputs", str(num_outputs),
+                                  "--max_seq_length", str(max_seq_length), "--random_seed", str(seed),
+                                  "--num_workers", "1", "--no_progress"])
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def vocab_size(shards):
+    return int(load_shard(os.path.join(shards, "part-000.npz")).metadata["vocab_size"])
+
+
+def tiny_config(shards, ckpt_dir, **changes):
+    base = PretrainConfig(data=shards, model="bort_tiny", teacher_model="roberta_tiny", num_steps=8, batch_size=8,
+                          num_buckets=3, dtype="float32", ckpt_dir=str(ckpt_dir), ckpt_interval=4, log_interval=2,
+                          lr=1e-3, warmup_ratio=0.25, progress=False, cpu_only=True)
+    return dataclasses.replace(base, **changes)
+
+
+def _materialized(config):
+    model = build_model(config)
+    model(mx.nd.zeros((1, 2)), mx.nd.array([2]), mx.nd.zeros((1, 1)))
+    return model
+
+
+def test_kl_to_a_fixed_teacher_falls_by_half(shards, vocab_size, tmp_path):
+    """Distillation alone (mlm_weight 0) pulls a tiny student towards a fixed, confident teacher."""
+    mx.random.seed(3)
+    teacher_config = get_config("roberta_tiny", vocab_size=vocab_size, dropout=0.0)
+    teacher = _materialized(teacher_config)
+    # A confident teacher: its output distribution has a strong token preference plus context-dependent logits.
+    bias = teacher.decoder[3].bias
+    bias.set_data(mx.nd.array(np.random.RandomState(0).randn(vocab_size) * 3.0))
+    teacher_path = str(tmp_path / "teacher.params")
+    save_parameters(teacher, teacher_path, teacher_config)
+    metrics = tmp_path / "m.jsonl"
+    config = tiny_config(shards, tmp_path / "ck", teacher_ckpt_dir=teacher_path, mlm_weight=0.0,
+                         teacher_ce_weight=1.0, distillation_temperature=1.0, num_steps=40, log_interval=1,
+                         ckpt_interval=1000, optimizer="adam", lr=3e-3, warmup_ratio=0.1, metrics_file=str(metrics))
+    pretrain(config)
+    kd = [json.loads(line)["kd_loss"] for line in open(metrics) if json.loads(line)["kind"] == "train"]
+    assert len(kd) == 40
+    first, last = np.mean(kd[:3]), np.mean(kd[-3:])
+    assert last < 0.5 * first, (first, last)
+
+
+def test_resume_is_exact(shards, tmp_path):
+    """8 steps in one go == 4 steps, 'kill', resume from the latest checkpoint, 4 more (dropout on, accumulate 2)."""
+    config = tiny_config(shards, tmp_path / "a", accumulate=2, batch_size=4)
+    full = parameters_digest(pretrain(config)["student"])
+    half = tiny_config(shards, tmp_path / "b", accumulate=2, batch_size=4, stop_at_step=4)
+    first = parameters_digest(pretrain(half)["student"])
+    assert complete_checkpoints(str(tmp_path / "b")) == [4]
+    resumed = pretrain(dataclasses.replace(half, stop_at_step=None, start_step="latest"))
+    assert resumed["step"] == 8
+    again = parameters_digest(resumed["student"])
+    moved = max(np.abs(full[k] - first[k]).max() for k in full)
+    assert moved > 1e-4  # the second half really trained
+    for name in full:
+        np.testing.assert_allclose(again[name], full[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    # The optimizer state of the final checkpoints agrees too.
+    a = mx.nd.load(str(tmp_path / "a" / "step_0000008.states"))
+    b = mx.nd.load(str(tmp_path / "b" / "step_0000008.states"))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_allclose(a[key].asnumpy(), b[key].asnumpy(), rtol=1e-5, atol=1e-8)
+    state = json.load(open(tmp_path / "b" / "step_0000008.state.json"))
+    assert state["step"] == 8 and state["world_size"] == 1 and set(state["rng"]) == {"python", "numpy"}
+
+
+_CRASH = r"""
+import os
+import bort, mxnet as mx
+import bort.pretraining as P
+real_save, saving_step = mx.nd.save, [0]
+def dying_save(path, arrays):
+    real_save(path, arrays)
+    if saving_step[0] == 4 and ".states" in os.path.basename(path):
+        # Half of the optimizer state is on disk when the process dies as from SIGKILL (no cleanup at all).
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) // 2)
+        os._exit(9)
+real_state = P.save_training_state
+def save_training_state(prefix, trainer, state):
+    saving_step[0] = state["step"]
+    return real_state(prefix, trainer, state)
+P.save_training_state = save_training_state
+mx.nd.save = dying_save
+P.pretrain(P.PretrainConfig(**CONFIG))
+"""
+
+
+def test_checkpoint_interrupted_mid_write_leaves_the_previous_one(shards, tmp_path):
+    ckpt = tmp_path / "ck"
+    config = tiny_config(shards, ckpt, ckpt_interval=2, num_steps=6)
+    fields = {k: v for k, v in dataclasses.asdict(config).items()}
+    code = _CRASH.replace("**CONFIG", "**" + repr(fields))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 9, proc.stderr[-2000:]
+    # Step 4 died while writing its optimizer state: its params exist, its .state.json does not.
+    assert os.path.isfile(ckpt / "step_0000004.params")
+    assert not os.path.isfile(ckpt / "step_0000004.state.json")
+    assert complete_checkpoints(str(ckpt)) == [2]
+    assert resolve_start_step(str(ckpt), "latest") == 2
+    with pytest.raises(BortError, match="no complete checkpoint for step 4"):
+        resolve_start_step(str(ckpt), "4")
+    resumed = pretrain(dataclasses.replace(config, start_step="latest"))
+    assert resumed["step"] == 6 and complete_checkpoints(str(ckpt)) == [2, 4, 6]
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(cli.main)(argv)
+    err = capsys.readouterr().err.strip()
+    return exit_info.value.code, err
+
+
+def base_args(shards, tmp_path):
+    return ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--num_steps", "2",
+            "--batch_size", "4", "--dtype", "float32", "--ckpt_dir", str(tmp_path / "ck"), "--no_progress"]
+
+
+def test_bad_input_gives_one_line_errors(shards, vocab_size, tmp_path, capsys):
+    args = base_args(shards, tmp_path)
+    # Missing shards.
+    code, err = run_cli(args + ["--data", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and err.startswith("error: ") and "nowhere: no such file or directory" in err
+    assert "\n" not in err
+    # A corrupt shard (truncated), first or later in the list.
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    shutil.copy(os.path.join(shards, "part-000.npz"), bad_dir / "part-000.npz")
+    data = open(os.path.join(shards, "part-001.npz"), "rb").read()
+    open(bad_dir / "part-001.npz", "wb").write(data[: len(data) // 3])
+    code, err = run_cli(args + ["--data", str(bad_dir / "part-001.npz")], capsys)
+    assert code == 2 and "part-001.npz: corrupt or truncated shard" in err and "\n" not in err
+    code, err = run_cli(args + ["--data", str(bad_dir), "--accumulate", "2"], capsys)
+    assert code == 2 and "part-001.npz: corrupt or truncated shard" in err and "\n" not in err
+    # A teacher with another vocabulary size.
+    other = get_config("roberta_tiny", vocab_size=vocab_size + 7)
+    path = str(tmp_path / "other.params")
+    save_parameters(_materialized(other), path, other)
+    code, err = run_cli(args + ["--teacher_ckpt_dir", path], capsys)
+    assert code == 2 and f"teacher vocabulary size {vocab_size + 7} differs from the student's {vocab_size}" in err
+    # A teacher checkpoint with missing parameters.
+    good = get_config("roberta_tiny", vocab_size=vocab_size)
+    arrays = {n: p.data() for n, p in _materialized(good)._collect_params_with_prefix().items()}
+    del arrays["decoder.0.weight"]
+    path = str(tmp_path / "partial.params")
+    mx.nd.save(path, arrays)
+    code, err = run_cli(args + ["--teacher_ckpt_dir", path], capsys)
+    assert code == 2 and "partial.params: parameters do not match the model; missing 1: decoder.0.weight" in err
+    # More workers than shards.
+    with pytest.raises(BortError, match="1 shard file\\(s\\) for 2 workers"):
+        split_shards(["a.npz"], 2, 0)
+    # A resume step without a checkpoint.
+    code, err = run_cli(args + ["--start_step", "7"], capsys)
+    assert code == 2 and "no complete checkpoint for step 7" in err
+
+
+def test_student_can_start_from_parameters(shards, vocab_size, tmp_path):
+    config = get_config("bort_tiny", vocab_size=vocab_size)
+    init = _materialized(config)
+    path = str(tmp_path / "init.params")
+    save_parameters(init, path, config)
+    result = pretrain(tiny_config(shards, tmp_path / "ck", student_params=path, num_steps=1, lr=0.0))
+    # lr 0 at step 1 of warmup: the parameters are exactly the ones loaded.
+    loaded = parameters_digest(load_parameters(_materialized(config), path))
+    trained = parameters_digest(result["student"])
+    for name in loaded:
+        np.testing.assert_array_equal(loaded[name], trained[name])
+
+
+def _have_horovod():
+    if shutil.which("horovodrun") is None:
+        return False
+    return subprocess.run([sys.executable, "-c", "import horovod.mxnet"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_horovod(), reason="horovod with MXNet is not installed")
+def test_horovod_two_ranks_match_one_process(shards, tmp_path):
+    """horovodrun -np 2 (gloo, CPU): identical parameters on both ranks, equal to one process with the same
+    global batch (accumulate 2), and -np 3 with 2 shards fails with a clear error."""
+    common = ["--data", shards, "--data_eval", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny",
+              "--num_steps", "4", "--batch_size", "4", "--num_buckets", "3", "--dtype", "float32", "--cpu_only",
+              "--log_interval", "2", "--ckpt_interval", "4", "--eval_interval", "0", "--lr", "1e-3",
+              "--no_progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    script = os.path.join(ROOT, "run_pretraining_distillation_hvd.py")
+    two = subprocess.run(["horovodrun", "-np", "2", "-H", "localhost:2", sys.executable, script, *common,
+                          "--ckpt_dir", str(tmp_path / "h2"), "--summary_json", str(tmp_path / "h2" / "r{rank}.json")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    one = subprocess.run([sys.executable, script, *common, "--accumulate", "2", "--ckpt_dir", str(tmp_path / "h1"),
+                          "--summary_json", str(tmp_path / "h1" / "r.json")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    r0, r1 = (json.load(open(tmp_path / "h2" / f"r{r}.json")) for r in (0, 1))
+    assert r0["parameters_sha256"] == r1["parameters_sha256"]
+    a = mx.nd.load(str(tmp_path / "h2" / "step_0000004.params"))
+    b = mx.nd.load(str(tmp_path / "h1" / "step_0000004.params"))
+    for name in a:
+        np.testing.assert_allclose(a[name].asnumpy(), b[name].asnumpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    single = json.load(open(tmp_path / "h1" / "r.json"))
+    assert r0["eval"]["num_masks"] == single["eval"]["num_masks"]  # eval shards split over ranks, summed
+    assert r0["eval"]["mlm_loss"] == pytest.approx(single["eval"]["mlm_loss"], rel=1e-4)
+    three = subprocess.run(["horovodrun", "-np", "3", "-H", "localhost:3", sys.executable, script, *common,
+                            "--ckpt_dir", str(tmp_path / "h3")],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert three.returncode != 0
+    assert "error: --data: 2 shard file(s) for 3 workers" in three.stdout + three.stderr
