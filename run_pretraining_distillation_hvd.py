@@ -22,7 +22,6 @@ D = PretrainConfig()
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    a = p.add_argument
     g = p.add_argument_group("data")
     g.add_argument("--data", required=True, help="training shards: comma-separated files, globs or directories")
     g.add_argument("--data_eval", default=None, help="evaluation shards (evaluated every --eval_interval steps "

@@ -17,7 +17,7 @@ import threading
 import time
 
 from .errors import BortError
-from .io import atomic_write, write_json
+from .io import atomic_write, read_json, write_json
 
 GRID_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "agora_grids")
 FINETUNE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "finetune_bort.py")
@@ -31,13 +31,7 @@ def grid_path(task_name, explicit=None):
 
 
 def read_grid(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            grid = json.load(handle)
-    except FileNotFoundError:
-        raise BortError(f"{path}: grid file not found") from None
-    except json.JSONDecodeError as err:
-        raise BortError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    grid = read_json(path, "a grid file {flag: [values]}")
     if not isinstance(grid, dict):
         raise BortError(f"{path}: expected a JSON object {{flag: [values]}}")
     grid = {k: v for k, v in grid.items() if not k.startswith("_")}

@@ -4,14 +4,13 @@
 read with the config the caller names. Files are MXNet's NDArray format (`mx.nd.save`), which is not
 pickle. Training state (optimizer, step, data position, RNG) goes in `<name>.states` and `<name>.state.json`.
 """
-import json
 import os
 
 import bort  # noqa: F401
 import mxnet as mx
 
 from .errors import BortError
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .model import ModelConfig, build_model, get_config
 
 
@@ -26,7 +25,7 @@ def read_params_file(path):
         raise BortError(f"{path}: parameter file not found")
     try:
         arrays = mx.nd.load(path)
-    except mx.base.MXNetError as err:
+    except mx.base.MXNetError:
         raise BortError(f"{path}: not a valid MXNet parameter file (truncated or corrupt)") from None
     if not isinstance(arrays, dict):
         raise BortError(f"{path}: expected named parameters, found an unnamed list of {len(arrays)} arrays")
@@ -176,11 +175,7 @@ def load_training_state(prefix, trainer, params=None):
     for path in (states, meta):
         if not os.path.isfile(path):
             raise BortError(f"{path}: training state not found")
-    try:
-        with open(meta, encoding="utf-8") as handle:
-            state = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise BortError(f"{meta}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    state = read_json(meta, "a training state")
     arrays = read_params_file(states)
     optimizer, updater = trainer._optimizer, trainer._updaters[0]
     index_of = {name: index for index, name in enumerate(_state_names(trainer, params))}

@@ -31,7 +31,7 @@ import struct
 import numpy as np
 
 from .errors import BortError
-from .io import atomic_path, write_json
+from .io import atomic_path, read_json, write_json
 from .model import ModelConfig, get_config, parameter_shapes
 
 log = logging.getLogger(__name__)
@@ -232,13 +232,7 @@ def read_hf_weights(hf_dir):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise BortError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise BortError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    return read_json(path, "an HF config or index file")
 
 
 # ---------------------------------------------------------------------------------------------

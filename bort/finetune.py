@@ -5,7 +5,6 @@
 architecture `<name>.json` and `<name>.task.json` naming the task), `make_batches` (length bucketing),
 `predict_outputs` (checkpoint + instances -> scores) and `evaluate`.
 """
-import json
 import logging
 import math
 import os
@@ -19,7 +18,7 @@ from mxnet import gluon
 from .checkpoint import load_parameters, read_config, save_parameters
 from .errors import BortError
 from .heads import TaskModel
-from .io import JsonlLogger, write_json
+from .io import JsonlLogger, read_json, write_json
 from .model import get_config
 from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score
 from .training import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
@@ -62,11 +61,7 @@ def load_task_checkpoint(path, task, ctx=None, dropout=0.1):
     if not os.path.isfile(meta_path):
         raise BortError(f"{path}: no {os.path.basename(meta_path)} beside it; expected a checkpoint written by "
                         f"finetune_bort.py (for a pretrained model use --pretrained_parameters)")
-    try:
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except json.JSONDecodeError as err:
-        raise BortError(f"{meta_path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    meta = read_json(meta_path, "the task of a fine-tuned checkpoint")
     wanted = {task.name, task.model_task} - {None}
     if meta.get("task") not in wanted:
         raise BortError(f"{path}: checkpoint was fine-tuned for {meta.get('task')!r}, not for "

@@ -4,6 +4,8 @@ import json
 import os
 import tempfile
 
+from .errors import BortError
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -37,6 +39,19 @@ def atomic_write(path, mode="w", encoding="utf-8"):
         kwargs = {} if "b" in mode else {"encoding": encoding, "newline": ""}
         with open(tmp, mode, **kwargs) as handle:
             yield handle
+
+
+def read_json(path, what="JSON"):
+    """Parse a JSON file; a missing file or invalid JSON is a one-line BortError naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise BortError(f"{path}: file not found (expected {what})") from None
+    except UnicodeDecodeError as err:
+        raise BortError(f"{path}: not valid UTF-8 at byte {err.start} (expected {what})") from None
+    except json.JSONDecodeError as err:
+        raise BortError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected {what}") from None
 
 
 def write_json(path, obj):

@@ -17,6 +17,7 @@ from gluonnlp.model.bert import BERTEncoder
 from mxnet.gluon import HybridBlock, nn
 
 from .errors import BortError
+from .io import read_json
 
 ROBERTA_VOCAB_SIZE = 50265
 
@@ -87,13 +88,7 @@ def get_config(name_or_path, **overrides):
     if name_or_path in CONFIGS:
         config = CONFIGS[name_or_path]
     elif str(name_or_path).endswith(".json"):
-        try:
-            with open(name_or_path, encoding="utf-8") as handle:
-                values = json.load(handle)
-        except FileNotFoundError:
-            raise BortError(f"{name_or_path}: config file not found") from None
-        except json.JSONDecodeError as err:
-            raise BortError(f"{name_or_path}: line {err.lineno}: not valid JSON ({err.msg})") from None
+        values = read_json(name_or_path, "a model config")
         config = ModelConfig.from_dict(values.get("model", values), source=name_or_path)
     else:
         raise BortError(f"unknown model config {name_or_path!r}; expected one of {sorted(CONFIGS)} or a .json file")

@@ -35,7 +35,7 @@ import numpy as np
 
 from .checkpoint import (_finish_deferred_init, load_parameters, load_training_state, read_config,
                          save_parameters, save_training_state)
-from .distill import DistillationLoss, Teacher, load_teacher, prediction_counts
+from .distill import DistillationLoss, load_teacher, prediction_counts
 from .errors import BortError
 from .io import JsonlLogger, write_json
 from .model import build_model, get_config

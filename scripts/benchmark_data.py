@@ -184,7 +184,7 @@ def main(argv=None):
     results["scaling_estimate_from_cpu_seconds"] = round(2 * cpu_one / cpu_two, 3)
     results["load_after"] = load()
     results["available_parallelism_after"] = available_parallelism()
-    print(f"\n| pipeline | tokens/s | vs baseline |\n|---|---:|---:|")
+    print("\n| pipeline | tokens/s | vs baseline |\n|---|---:|---:|")
     for name, run in runs.items():
         print(f"| {name} | {run['tokens_per_second']:,.0f} | {run['tokens_per_second'] / base:.2f}x |")
     print(f"\nscaling 1 -> 2 workers: {results['scaling_1_to_2_workers']:.2f}x (target >= 1.7x); "
