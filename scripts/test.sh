@@ -5,4 +5,6 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 "$repo/scripts/setup_env.sh"
 cd "$repo"
-exec "${BORT_VENV:-$repo/.venv}/bin/python" -m pytest -q "$@" tests
+venv=${BORT_VENV:-$repo/.venv}
+export PATH="$venv/bin:$PATH"  # the launchers the tests run call `python` and `horovodrun`
+exec "$venv/bin/python" -m pytest -q "$@" tests

@@ -194,5 +194,5 @@ def test_training_state_files_are_pickle_free_and_checked(tmp_path):
     message = _one_line_error(load_training_state, str(tmp_path / "absent"), trainer, [])
     assert "training state not found" in message
     (tmp_path / "s.state.json").write_text("{broken")
-    assert "not valid JSON" in _one_line_error(load_training_state, str(tmp_path / "s"), trainer,
+    assert "invalid JSON" in _one_line_error(load_training_state, str(tmp_path / "s"), trainer,
                                                list(net.collect_params().values()))
