@@ -4,6 +4,9 @@ Each framework runs in its own worker process (two OpenMP runtimes in one proces
 stay up and take turns, one timing round each, so both see the same machine load; medians over all rounds.
 Random weights and random token ids (speed does not depend on them). Every mode's output is checked against
 float32 (max abs hidden-state difference, cosine, argmax agreement of a random 3-way head on the first token).
+Our worker runs MXNet's NaiveEngine by default (--engine; see `bort.runtime.configure_inference_engine`): operators
+run on the calling thread, whose OpenMP team stays hot, as PyTorch's does. Both then assume free cores: run it on a
+quiet machine (the table prints the load average before and after).
 
     python scripts/benchmark_inference.py --models bort --batch_sizes 1 8 --seq_lens 128 --rounds 5
     python scripts/benchmark_inference.py            # the full grid: slow on 2 cores (RoBERTa-large at 512 x 32)
@@ -200,6 +203,9 @@ class Worker:
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
         self.framework = framework
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
+        if framework == "mxnet":
+            from bort.runtime import ENGINES
+            env["MXNET_ENGINE_TYPE"] = ENGINES[args.engine]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = self._read()
 
@@ -275,7 +281,8 @@ def run_benchmark(args):
                 w.close()
     return {"grid": {"models": args.models, "batch_sizes": args.batch_sizes, "seq_lens": args.seq_lens,
                      "rounds": args.rounds, "repeats": args.repeats},
-            "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "load_average_before": load_before,
+            "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "mxnet_engine": args.engine,
+            "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks, "checks": checks,
             "results": results, "ratios": ratios(results)}
 
@@ -305,7 +312,8 @@ def ratios(results):
 
 
 def print_table(report):
-    print(f"threads={report['threads']} load(1,5,15 min) before={report['load_average_before']} "
+    print(f"threads={report['threads']} mxnet engine={report.get('mxnet_engine')} "
+          f"load(1,5,15 min) before={report['load_average_before']} "
           f"after={tuple(round(x, 2) for x in report['load_average_after'])} "
           f"fp32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()))
     print(f"{'model':14s} {'batch':>5s} {'seq':>4s} {'framework':9s} {'mode':6s} {'median s':>9s} "
@@ -343,6 +351,9 @@ def main(argv=None):
     parser.add_argument("--calib_mode", default="naive", choices=("naive", "entropy"))
     parser.add_argument("--threads", type=int, default=None,
                         help="threads per framework (default: OMP_NUM_THREADS, else the available cores)")
+    parser.add_argument("--engine", default="naive", choices=("naive", "threaded"),
+                        help="MXNet engine of our worker (bort.runtime.configure_inference_engine): naive runs "
+                             "operators on the calling thread, the inference setting; threaded is MXNet's default")
     parser.add_argument("--output", default="benchmark_inference.json")
     parser.add_argument("--worker", choices=("mxnet", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

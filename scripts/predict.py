@@ -37,6 +37,9 @@ def get_parser():
     p.add_argument("--calib_size", type=int, default=256, help="sequences used to calibrate INT8")
     p.add_argument("--calib_mode", default="naive", choices=["naive", "entropy"])
     p.add_argument("--output_dir", default="./predictions")
+    p.add_argument("--engine", default="naive", choices=["naive", "threaded"],
+                   help="MXNet engine (bort.runtime.configure_inference_engine): naive is faster on free cores, "
+                        "threaded on a machine that is busy with other work")
     add_tokenizer_args(p, dataset_name="openwebtext_ccnews_stories_books_cased")
     return p
 
@@ -47,6 +50,8 @@ def main(argv=None):
                         datefmt="%H:%M:%S")
     from tqdm import tqdm
 
+    from bort.runtime import configure_inference_engine
+    engine = configure_inference_engine(args.engine)  # before the first MXNet import
     from bort.finetune import load_task_checkpoint
     from bort.inference import calibration_batches, predict_task, prepare
     from bort.io import atomic_write
@@ -66,7 +71,7 @@ def main(argv=None):
                                     max_len)
     start = time.time()
     encoder = prepare(model.bort, args.mode, calib_batches=calib, calib_mode=args.calib_mode)
-    log.info("mode %s ready in %.1fs", args.mode, time.time() - start)
+    log.info("mode %s ready in %.1fs (MXNet engine %s)", args.mode, time.time() - start, engine)
     num_seqs = sum(len(inst.seqs) for inst in instances)
     start = time.time()
     with tqdm(total=num_seqs, desc=f"predict {task.name} {args.segment} ({args.mode})", unit="seq") as bar:

@@ -194,3 +194,31 @@ def test_predict_script_fp32_and_int8(tmp_path):
         assert [r["idx"] for r in rows] == [ex["idx"] for ex in examples]
         agree = np.mean([r["prediction"] == e for r, e in zip(rows, expected)])
         assert agree == 1.0 if mode == "fp32" else agree >= 0.9, (mode, agree)
+
+
+def test_predict_script_on_the_naive_engine_matches_the_threaded_one(tmp_path):
+    """`--engine naive` (the prediction default) runs MXNet's NaiveEngine in a fresh process; same predictions."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from bort.finetune import save_task_checkpoint
+
+    task, tokenizer, model, examples, instances = _task_setup("SST-2", "test_data/glue/SST-2", "dev")
+    ckpt = tmp_path / "sst2.params"
+    save_task_checkpoint(model, str(ckpt), task)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_ENGINE_TYPE"}
+    rows = {}
+    for engine in ("naive", "threaded"):
+        out = tmp_path / engine
+        proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "predict.py"), "--task_name", "SST-2",
+                               "--model_parameters", str(ckpt), "--data_dir", "test_data/glue/SST-2", "--segment",
+                               "dev", "--mode", "fp32", "--max_len", "64", "--batch_size", "8", "--engine", engine,
+                               "--output_dir", str(out)] + VOCAB, cwd=root, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        expected = "NaiveEngine" if engine == "naive" else "ThreadedEnginePerDevice"
+        assert f"MXNet engine {expected}" in proc.stderr
+        rows[engine] = [json.loads(line) for line in (out / "SST-2.dev.predictions.jsonl").read_text().splitlines()]
+    assert rows["naive"] == rows["threaded"] and len(rows["naive"]) == len(examples)
