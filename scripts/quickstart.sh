@@ -27,7 +27,7 @@ echo "student checkpoint: $student"
 
 echo "== 2/4 fill a mask with the student"
 python scripts/fill_mask.py --params "$student" "${vocab[@]}" --top_k 5 \
-  "The boats come back in the afternoon with fish and <mask>."
+  "The fish are sold at the <mask> near the harbor." "The boats come back in the afternoon with fish and <mask>."
 
 echo "== 3/4 fine-tune the student on SST-2 (bundled fixture)"
 python finetune_bort.py --task_name SST-2 --data_dir test_data/glue/SST-2 --pretrained_parameters "$student" \

@@ -1,6 +1,6 @@
 """End to end: the TEST launcher mode pretrains a tiny teacher on the sample text, distills a tiny Bort student
-from it, and the student's MLM head fills held-back masks of that text far above chance and above a frequency
-baseline. Also covers scripts/fill_mask.py and scripts/plot_metrics.py on the run's outputs."""
+from it, and the student's MLM head fills held-back masks of that text: most of them right (top-1), far above a
+token-frequency baseline, and content words in fill_mask.py. Also covers scripts/plot_metrics.py on the run."""
 import json
 import os
 import shutil
@@ -46,52 +46,74 @@ def test_run(tmp_path_factory):
     return run_dir
 
 
+STUDENT_STEPS, TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
+
+
 @pytest.mark.slow
 def test_launcher_test_mode_distills_a_student_that_fills_masks(test_run):
     student_dir = test_run / "bort_tiny_model"
-    params = student_dir / "step_0000300.params"
-    assert params.is_file() and (student_dir / "step_0000300.state.json").is_file()
+    params = student_dir / f"step_{STUDENT_STEPS:07d}.params"
+    assert params.is_file() and (student_dir / f"step_{STUDENT_STEPS:07d}.state.json").is_file()
     records = [json.loads(line) for line in open(student_dir / "metrics.jsonl")]
     train = [r for r in records if r["kind"] == "train"]
-    evals = {r["model"]: r for r in records if r["kind"] == "eval" and r["step"] == 300}
-    assert len(train) == 15 and {"student", "teacher"} <= set(evals)
+    evals = {r["model"]: r for r in records if r["kind"] == "eval" and r["step"] == STUDENT_STEPS}
+    assert len(train) == STUDENT_STEPS // 20 and {"student", "teacher"} <= set(evals)
     for key in ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s", "ms_per_step"):
         assert all(np.isfinite(r[key]) for r in train), key
     assert train[-1]["kd_loss"] < 0.5 * train[0]["kd_loss"]
 
     # Held-back masks: the eval shard masks the text with another seed than the training shards.
     student = load_model(str(params))
-    teacher = load_model(str(test_run / "teacher" / "step_0000300.params"))
+    teacher = load_model(str(test_run / "teacher" / f"step_{TEACHER_STEPS:07d}.params"))
     vocab_size = student.config.vocab_size
     counts = np.zeros(vocab_size)
     for batch in _batches(str(test_run / "train")):
         np.add.at(counts, batch["masked_ids"][batch["masked_weights"] > 0], 1)
     labels = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in _batches(str(test_run / "eval"))])
+    frequency_top1 = np.isin(labels, np.argsort(-counts)[:1]).mean()
     frequency_top5 = np.isin(labels, np.argsort(-counts)[:5]).mean()
-    chance_top5 = 5 / vocab_size
+    student_top1 = topk_accuracy(student, _batches(str(test_run / "eval")), mx.cpu(), k=1)
     student_top5 = topk_accuracy(student, _batches(str(test_run / "eval")), mx.cpu(), k=5)
     teacher_top5 = topk_accuracy(teacher, _batches(str(test_run / "eval")), mx.cpu(), k=5)
-    print(f"top-5 on held-back masks: student {student_top5:.3f}, teacher {teacher_top5:.3f}, "
-          f"frequency baseline {frequency_top5:.3f}, chance {chance_top5:.4f}")
-    assert student_top5 > 20 * chance_top5
-    assert student_top5 > frequency_top5 + 0.02
-    assert teacher_top5 > frequency_top5 + 0.02
-    assert evals["student"]["mlm_acc"] > np.isin(labels, np.argsort(-counts)[:1]).mean()
+    print(f"held-back masks: top-1 student {student_top1:.3f} (training log {evals['student']['mlm_acc']:.3f}), "
+          f"teacher {evals['teacher']['mlm_acc']:.3f}, frequency baseline {frequency_top1:.3f}; top-5 student "
+          f"{student_top5:.3f}, teacher {teacher_top5:.3f}, frequency baseline {frequency_top5:.3f}")
+    # Measured: top-1 0.84-0.88 (student) and 0.84-0.89 (teacher) against 0.10; top-5 0.97 against 0.26.
+    assert abs(student_top1 - evals["student"]["mlm_acc"]) < 0.01  # the run's eval agrees with this pass
+    assert student_top1 > 0.6 and student_top1 > frequency_top1 + 0.4
+    assert evals["teacher"]["mlm_acc"] > 0.6
+    assert student_top5 > 0.85 and teacher_top5 > 0.85 and student_top5 > frequency_top5 + 0.5
+
+
+# Sentences of the sample text with a content word masked (the eval shard masks other positions of them).
+FILL_MASK_CASES = [("The fish are sold at the <mask> near the harbor.", " market"),
+                   ("The boats come back in the afternoon with fish and <mask>.", " crabs"),
+                   ("Many animals live in the <mask>, such as deer, foxes, and owls.", " forest"),
+                   ("The deer eat grass and <mask> in the morning and in the evening.", " leaves"),
+                   ("Children like to stand on the <mask> and watch the water.", " bridge")]
 
 
 @pytest.mark.slow
 def test_fill_mask_cli_and_plots(test_run, tmp_path):
-    params = test_run / "bort_tiny_model" / "step_0000300.params"
-    sentence = "The boats come back in the afternoon with fish and <mask>."
+    params = test_run / "bort_tiny_model" / f"step_{STUDENT_STEPS:07d}.params"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
-                           "--vocab_json", VOCAB_JSON, "--merges", MERGES, "--top_k", "7", "--json", sentence],
+                           "--vocab_json", VOCAB_JSON, "--merges", MERGES, "--top_k", "7", "--json",
+                           *[text for text, _ in FILL_MASK_CASES]],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    preds = out[0]["masks"][0]
-    assert len(preds) == 7
-    probs = [p["prob"] for p in preds]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    assert len(out) == len(FILL_MASK_CASES)
+    top1_hits = 0
+    for result, (text, word) in zip(out, FILL_MASK_CASES):
+        preds = result["masks"][0]
+        assert len(preds) == 7
+        probs = [p["prob"] for p in preds]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+        tokens = [p["token"] for p in preds]
+        print(f"{text!r}: {tokens[:3]}")
+        assert word in tokens[:3], (text, tokens)  # measured: top-1 for all five, p = 0.45-0.99
+        top1_hits += tokens[0] == word
+    assert top1_hits >= 4
     # No mask in the text: a one-line error.
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
                            "--vocab_json", VOCAB_JSON, "--merges", MERGES, "no mask here"],
