@@ -96,14 +96,20 @@ dropout=0.0).to_dict())" "$HERE" "$@"
     CKPT_DIR="$RUN_DIR/bort_tiny_model"
     EXTRA_TEST=(--cpu_only --num_buckets 4 --warmup_ratio 0.1 --optimizer adam --weight_decay 0 --dropout 0
                 --distillation_temperature 1.0 --mlm_weight 0.5)
-    # Small models on a CPU: one thread per process is fastest.
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+    # Threads: unless the user set OMP_NUM_THREADS, every process takes the cores divided by the processes
+    # (bort.runtime), so the single teacher process gets all cores and each student rank its share.
+    # A value inherited from a parent that imported bort is a default too, not a user setting.
+    if [ "${OMP_NUM_THREADS:-}" = "${BORT_THREADS_DEFAULTED:-}" ]; then
+        unset OMP_NUM_THREADS BORT_THREADS_DEFAULTED
+    fi
+    TEACHER_ENV=()
+    [ -n "${OMP_NUM_THREADS:-}" ] && TEACHER_ENV=(OMP_NUM_THREADS=$((OMP_NUM_THREADS * NUMPROC)))
     if [ -z "$TEACHER_CKPT" ]; then
         TEACHER_STEPS=${TEST_TEACHER_STEPS:-450}
         echo "TEST: pretraining a tiny teacher (masked LM, $TEACHER_STEPS steps) in $RUN_DIR/teacher" >&2
         write_config roberta_tiny "$RUN_DIR/teacher_config.json" 512
         # One process: it gets the threads of all <num gpus> processes.
-        OMP_NUM_THREADS=$((OMP_NUM_THREADS * NUMPROC)) "$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" \
+        env "${TEACHER_ENV[@]}" "$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" \
             --data "$TRAIN_DATA" --data_eval "$TEST_DATA" --model "$RUN_DIR/teacher_config.json" \
             --teacher_model none --mlm_weight 1 --teacher_ce_weight 0 \
             --num_steps "$TEACHER_STEPS" --optimizer adam --lr 5e-3 --weight_decay 0 --warmup_ratio 0.1 \

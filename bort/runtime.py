@@ -9,14 +9,31 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+def local_processes():
+    """How many processes of this job share the machine (Horovod/MPI set it for each rank)."""
+    for key in ("HOROVOD_LOCAL_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        if os.environ.get(key, "").isdigit():
+            return max(1, int(os.environ[key]))
+    return 1
+
+
 def configure_threads(num_threads=None):
     """Set OMP_NUM_THREADS (and MXNet's CPU worker count) unless the user already did.
 
-    Returns the thread count in effect. Has no effect on an MXNet that is already imported.
+    The default is the cores available divided by the processes of this job on the machine, so that
+    `horovodrun -np 2` on 2 cores runs 1 thread per rank instead of oversubscribing. A value this function set
+    in a parent process (marked by BORT_THREADS_DEFAULTED) is inherited by children; it counts as unset and is
+    recomputed, so a child rank does not take its parent's count. Returns the thread count in effect.
+    Has no effect on an MXNet that is already imported.
     """
     if num_threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(num_threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(available_cores()))
+        os.environ.pop("BORT_THREADS_DEFAULTED", None)
+    current = os.environ.get("OMP_NUM_THREADS")
+    if not current or current == os.environ.get("BORT_THREADS_DEFAULTED"):
+        default = str(max(1, available_cores() // local_processes()))
+        os.environ["OMP_NUM_THREADS"] = default
+        os.environ["BORT_THREADS_DEFAULTED"] = default
     os.environ.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
     return int(os.environ["OMP_NUM_THREADS"])
 
