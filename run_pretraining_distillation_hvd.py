@@ -15,6 +15,7 @@ import logging
 import bort  # noqa: F401  (before mxnet: thread settings)
 from bort.errors import run_cli
 from bort.pretraining import PretrainConfig, pretrain, write_summary
+from bort.training import Distributed
 
 D = PretrainConfig()
 
@@ -91,11 +92,13 @@ def main(argv=None):
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                             progress=not args.no_progress)
-    result = pretrain(config)
+    dist = Distributed()
+    result = pretrain(config, dist)
     if args.summary_json and (result["rank"] == 0 or "{rank}" in args.summary_json):
         write_summary(args.summary_json, result, result["rank"])
     if result.get("eval") and result["rank"] == 0:
         print(json.dumps({k: result["eval"][k] for k in ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement")}))
+    dist.shutdown()
 
 
 if __name__ == "__main__":

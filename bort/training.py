@@ -75,6 +75,19 @@ class Distributed:
         if self.hvd and self.size > 1:
             self.hvd.allreduce(mx.nd.zeros(1), name="barrier").wait_to_read()
 
+    def shutdown(self):
+        """End a Horovod job cleanly: wait for pending work, meet every rank, stop Horovod's background thread.
+
+        Without this, a rank that reaches interpreter exit first can tear Horovod down while MXNet's own exit
+        hook still runs, and the job dies with SIGABRT after the work is done (seen once in ~10 runs on CPU).
+        """
+        mx.nd.waitall()
+        if self.hvd:
+            if self.size > 1:
+                self.barrier()
+            self.hvd.shutdown()
+            self.hvd = None
+
     def make_trainer(self, params, optimizer, optimizer_params):
         if self.hvd and self.size > 1:
             # Horovod sorts a list of parameters (Parameters are not orderable); a dict keeps our order.
