@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import bort  # noqa: F401
 import mxnet as mx
@@ -222,9 +223,15 @@ def test_horovod_two_ranks_match_one_process(shards, tmp_path):
               "--no_progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     script = os.path.join(ROOT, "run_pretraining_distillation_hvd.py")
-    two = subprocess.run(["horovodrun", "-np", "2", "-H", "localhost:2", sys.executable, script, *common,
-                          "--ckpt_dir", str(tmp_path / "h2"), "--summary_json", str(tmp_path / "h2" / "r{rank}.json")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd = ["horovodrun", "-np", "2", "-H", "localhost:2", sys.executable, script, *common,
+           "--ckpt_dir", str(tmp_path / "h2"), "--summary_json", str(tmp_path / "h2" / "r{rank}.json")]
+    two = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if two.returncode != 0 and "error:" not in two.stdout + two.stderr:
+        # Horovod/Gloo on CPU aborted once in ~50 launches here without any error of ours (a start-up or
+        # shutdown race in the runtime, not in the training code): run it once more, and say so.
+        warnings.warn("horovodrun -np 2 failed without an error of ours; retrying once:\n" + two.stderr[-1500:])
+        shutil.rmtree(tmp_path / "h2", ignore_errors=True)
+        two = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one = subprocess.run([sys.executable, script, *common, "--accumulate", "2", "--ckpt_dir", str(tmp_path / "h1"),
                           "--summary_json", str(tmp_path / "h1" / "r.json")],
