@@ -54,6 +54,39 @@ def read_json(path, what="JSON"):
         raise BortError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected {what}") from None
 
 
+def read_lines(path):
+    """(line number from 1, text without the newline) for each line; one-line errors for bad encodings."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise BortError(f"{path}:{line}: expected UTF-8 text") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [(number, line.rstrip("\r")) for number, line in enumerate(lines, 1)]
+
+
+def read_jsonl(path):
+    """(line number, object) for each non-empty line; one-line error naming the line of invalid JSON."""
+    records = []
+    for number, line in read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BortError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise BortError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
+        records.append((number, record))
+    if not records:
+        raise BortError(f"{path}: empty file; expected one JSON object per line")
+    return records
+
+
 def write_json(path, obj):
     with atomic_write(path) as handle:
         json.dump(obj, handle, indent=2, sort_keys=True)

@@ -13,6 +13,7 @@ import logging
 import os
 
 from bort.errors import BortError
+from bort.io import read_lines
 
 # task: (default directory under $MXNET_HOME/datasets, text_a column, text_b column or None, label column)
 GLUE_COLUMNS = {
@@ -56,21 +57,6 @@ def find_file(data_dir, candidates, help_text):
                         f"({help_text}; pass --data_dir)")
     raise BortError(f"{os.path.join(data_dir, candidates[0])}: file not found; expected "
                     f"{' or '.join(candidates)} in {data_dir} ({help_text})")
-
-
-def read_lines(path):
-    """(line number from 1, text without the newline) for each line; one-line errors for bad encodings."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise BortError(f"{path}:{line}: expected UTF-8 text") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [(number, line.rstrip("\r")) for number, line in enumerate(lines, 1)]
 
 
 def read_glue(task, segment, data_dir):

@@ -10,7 +10,9 @@ import os
 
 from bort.errors import BortError
 
-from .glue import default_data_dir, read_lines
+from bort.io import read_lines
+
+from .glue import default_data_dir
 
 LEVELS = {"RACE-M": ("middle",), "RACE-H": ("high",), "RACE": ("middle", "high")}
 LETTERS = "ABCD"

@@ -12,12 +12,13 @@ when the file has none), `where` ("file:line") and the task's fields:
 - WiC: text_a/text_b=sentence1/sentence2, spans=[(start1, end1) in text_a, (start2, end2) in text_b] (characters).
 - WSC: text_a=text, text_b="<span2> means <span1>" (the original's hint), spans=[span1, span2] in text_a (chars).
 """
-import json
 import re
 
 from bort.errors import BortError
 
-from .glue import default_data_dir, find_file, read_lines
+from bort.io import read_jsonl
+
+from .glue import default_data_dir, find_file
 
 SUPERGLUE_DIRS = {
     "BoolQ": "superglue_boolq", "CB": "superglue_cb", "COPA": "superglue_copa", "MultiRC": "superglue_multirc",
@@ -27,24 +28,6 @@ SUPERGLUE_DIRS = {
 SEGMENT_FILES = {"train": ["train.jsonl"], "dev": ["val.jsonl", "dev.jsonl"], "test": ["test.jsonl"],
                  "AX-b": ["AX-b.jsonl", "test.jsonl"], "AX-g": ["AX-g.jsonl", "test.jsonl"]}
 SUPERGLUE_HELP = "get the SuperGLUE data from super.gluebenchmark.com/tasks and unzip each task's folder"
-
-
-def read_jsonl(path):
-    """(line number, object) for each non-empty line; one-line error naming the line of invalid JSON."""
-    records = []
-    for number, line in read_lines(path):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BortError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise BortError(f"{path}:{number}: expected a JSON object, found {type(record).__name__}")
-        records.append((number, record))
-    if not records:
-        raise BortError(f"{path}: empty file; expected one JSON object per line")
-    return records
 
 
 def _get(record, key, where):

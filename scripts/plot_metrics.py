@@ -6,37 +6,25 @@ One panel per metric; train records as lines, eval records as markers (one serie
 Needs matplotlib (optional dependency: pip install "matplotlib>=3.7,<3.9" "contourpy<1.2").
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bort.errors import BortError, run_cli  # noqa: E402
-from bort.io import atomic_path  # noqa: E402
+from bort.io import atomic_path, read_jsonl  # noqa: E402
 
 DEFAULT_KEYS = ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s")
 
 
 def read_records(path):
+    if not os.path.isfile(path):
+        raise BortError(f"{path}: metrics file not found")
     records = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise BortError(f"{path}: metrics file not found") from None
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BortError(f"{path}:{lineno}: not a JSON object ({err.msg})") from None
-            if not isinstance(record, dict) or "step" not in record:
-                raise BortError(f"{path}:{lineno}: expected a JSON object with a 'step' field")
-            records.append(record)
-    if not records:
-        raise BortError(f"{path}: no metrics records")
+    for lineno, record in read_jsonl(path):
+        if "step" not in record:
+            raise BortError(f"{path}:{lineno}: expected a JSON object with a 'step' field")
+        records.append(record)
     return records
 
 
