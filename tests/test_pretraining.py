@@ -107,6 +107,7 @@ _CRASH = r"""
 import os
 import bort, mxnet as mx
 import bort.pretraining as P
+import bort.pretrain_state as S
 real_save, saving_step = mx.nd.save, [0]
 def dying_save(path, arrays):
     real_save(path, arrays)
@@ -115,11 +116,11 @@ def dying_save(path, arrays):
         with open(path, "r+b") as handle:
             handle.truncate(os.path.getsize(path) // 2)
         os._exit(9)
-real_state = P.save_training_state
+real_state = S.save_training_state
 def save_training_state(prefix, trainer, state):
     saving_step[0] = state["step"]
     return real_state(prefix, trainer, state)
-P.save_training_state = save_training_state
+S.save_training_state = save_training_state
 mx.nd.save = dying_save
 P.pretrain(P.PretrainConfig(**CONFIG))
 """
