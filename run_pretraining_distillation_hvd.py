@@ -67,7 +67,10 @@ def build_parser():
     g.add_argument("--weight_decay", type=float, default=D.weight_decay)
     g.add_argument("--max_grad_norm", type=float, default=D.max_grad_norm, help="global-norm clipping (0: off)")
     g.add_argument("--dtype", default=D.dtype, choices=["float16", "float32"],
-                   help="float16 (dynamic loss scaling) needs a GPU; CPU runs use float32")
+                   help="float16 (multi-precision optimizer, dynamic loss scaling) needs a GPU; on CPU use "
+                        "float32 (or set BORT_CPU_FLOAT16=1 to test the float16 code path on CPU)")
+    g.add_argument("--max_consecutive_skips", type=int, default=D.max_consecutive_skips,
+                   help="float16: stop with an error after this many consecutive steps with non-finite gradients")
     g.add_argument("--cpu_only", action="store_true")
     g.add_argument("--seed", type=int, default=D.seed)
     g = p.add_argument_group("checkpoints and logging")

@@ -86,9 +86,10 @@ def _finish_deferred_init(block, params):
     if config is None:
         raise BortError("cannot load into a block whose parameter shapes are not known yet; run a forward first")
     tokens = mx.nd.zeros((1, 2), ctx=_context_of(params))
+    dtype = next(iter(params.values())).dtype  # valid_length builds the attention mask: the model's dtype
     with mx.autograd.pause():
         if getattr(block, "has_decoder", False):
-            block(tokens, mx.nd.array([2], ctx=tokens.context), mx.nd.zeros((1, 1), ctx=tokens.context))
+            block(tokens, mx.nd.array([2], ctx=tokens.context, dtype=dtype), mx.nd.zeros((1, 1), ctx=tokens.context))
         else:
             block(tokens)
 
@@ -140,30 +141,126 @@ def _state_names(trainer, params):
     return [by_id.get(id(param), param.name) for param in trainer._params]
 
 
+def _flatten_state(value, key, arrays):
+    """The layout of one (possibly nested) optimizer state; its arrays go into `arrays` under `key:i.j...`.
+
+    Layout: None for a single array (stored as `key:0`), else a list with, per element, true (an array),
+    false (None) or a nested list. A multi-precision state is nested: BERTAdam ((mean, var), weight32),
+    Adam/LAMB (weight32, (mean, var)); weight32 is the float32 master copy of a float16 weight."""
+    if not isinstance(value, (tuple, list)):
+        arrays[f"{key}:0"] = value
+        return None
+    return _flatten_parts(value, key + ":", arrays)
+
+
+def _flatten_parts(parts, path, arrays):
+    layout = []
+    for j, part in enumerate(parts):
+        if isinstance(part, (tuple, list)):
+            layout.append(_flatten_parts(part, f"{path}{j}.", arrays))
+        else:
+            layout.append(part is not None)
+            if part is not None:
+                arrays[f"{path}{j}"] = part
+    return layout
+
+
+def _state_arrays(fresh, layout, key):
+    """[(array of the fresh state, key of its saved value)] following `layout`; ValueError when they differ."""
+    if layout is None:
+        if isinstance(fresh, (tuple, list)):
+            raise ValueError("nested state")
+        return [(fresh, f"{key}:0")]
+    return _parts_arrays(fresh, layout, key + ":")
+
+
+def _parts_arrays(fresh, layout, path):
+    if not isinstance(fresh, (tuple, list)) or len(fresh) != len(layout):
+        raise ValueError("layout")
+    pairs = []
+    for j, (part, has) in enumerate(zip(fresh, layout)):
+        if isinstance(has, list):
+            pairs += _parts_arrays(part, has, f"{path}{j}.")
+        elif has:
+            if part is None or isinstance(part, (tuple, list)):
+                raise ValueError("layout")
+            pairs.append((part, f"{path}{j}"))
+    return pairs
+
+
+def _device_ids(trainer):
+    return sorted({ctx.device_id for ctx in trainer._contexts}) or [0]
+
+
 def save_training_state(prefix, trainer, state, params=None):
     """Save `<prefix>.states` (optimizer state arrays) and `<prefix>.state.json` (step, data position, RNG...).
 
     MXNet's own `Trainer.save_states` pickles; this writes the optimizer's arrays in the NDArray format
     and its counters as JSON, keyed by parameter name (not by the trainer's index, which depends on how
     the parameters happened to be ordered), so a resumed checkpoint never unpickles anything.
+    Nested multi-precision states (float16 training) are stored whole, float32 master weights included.
     Pass `params` as {name: Parameter} to choose the names (e.g. `trainable_parameters(block)`).
     """
     updater, optimizer = trainer._updaters[0], trainer._optimizer
     names = _state_names(trainer, params)
-    arrays, layout, counts = {}, {}, {}
+    arrays, layout = {}, {}
     for index, value in updater.states.items():
-        name = names[index]
-        parts = value if isinstance(value, (tuple, list)) else (value,)
-        layout[name] = [part is not None for part in parts] if isinstance(value, (tuple, list)) else None
-        for j, part in enumerate(parts):
-            if part is not None:
-                arrays[f"{name}:{j}"] = part
-    for index, count in optimizer._index_update_count.items():
-        counts[names[index]] = count
+        layout[names[index]] = _flatten_state(value, names[index], arrays)
+    # MXNet keeps update counts per device id (Adam's and LAMB's bias correction reads them).
+    per_device = optimizer._all_index_update_counts.get(_device_ids(trainer)[0], {})
+    counts = {names[index]: count for index, count in per_device.items()}
     state = dict(state, optimizer={"num_update": optimizer.num_update, "update_count": counts, "layout": layout})
     with atomic_path(prefix + ".states") as tmp:
         mx.nd.save(tmp, arrays)
     write_json(prefix + ".state.json", state)
+
+
+def read_training_state(prefix):
+    """(state dict, {key: NDArray}) of a checkpoint written by save_training_state."""
+    states, meta = prefix + ".states", prefix + ".state.json"
+    for path in (states, meta):
+        if not os.path.isfile(path):
+            raise BortError(f"{path}: training state not found")
+    state = read_json(meta, "a training state")
+    if not isinstance(state, dict) or not isinstance(state.get("optimizer", {}), dict):
+        raise BortError(f"{meta}: expected a JSON object with an 'optimizer' object")
+    return state, read_params_file(states)
+
+
+def apply_training_state(trainer, state, arrays, params=None, source="training state"):
+    """Restore optimizer states and counters into `trainer`. With `arrays` None the states are created with the
+    right shapes but not filled (ranks that receive them by broadcast). Returns the state arrays in a fixed
+    order (for that broadcast)."""
+    optimizer, updater = trainer._optimizer, trainer._updaters[0]
+    index_of = {name: index for index, name in enumerate(_state_names(trainer, params))}
+    saved = state.get("optimizer", {})
+    layouts = saved.get("layout", {})
+    unknown = sorted(set(layouts) - set(index_of))
+    if unknown:
+        raise BortError(f"{source}: optimizer state for parameters the model does not have: {unknown[:5]}")
+    filled = []
+    for name in sorted(layouts, key=lambda n: index_of[n]):
+        index = index_of[name]
+        fresh = optimizer.create_state_multi_precision(index, trainer._params[index].data())
+        try:
+            pairs = _state_arrays(fresh, layouts[name], name)
+        except ValueError:
+            raise BortError(f"{source}: optimizer state of {name} has another structure than this run's "
+                            f"(saved by a run with another --optimizer or --dtype?)") from None
+        for part, key in pairs:
+            if arrays is not None:
+                if key not in arrays or arrays[key].shape != part.shape:
+                    raise BortError(f"{source}: optimizer state of {name} is missing or has the wrong shape")
+                part[:] = arrays[key].astype(part.dtype, copy=False)
+            filled.append(part)
+        updater.states[index] = fresh
+        updater.states_synced[index] = True
+    optimizer.num_update = saved.get("num_update", 0)
+    counts = {index_of[name]: count for name, count in saved.get("update_count", {}).items()}
+    for device_id in _device_ids(trainer):
+        optimizer._all_index_update_counts[device_id] = dict(counts)
+    optimizer._index_update_count = optimizer._all_index_update_counts[_device_ids(trainer)[0]]
+    return filled
 
 
 def load_training_state(prefix, trainer, params=None):
@@ -171,34 +268,6 @@ def load_training_state(prefix, trainer, params=None):
 
     States are matched to the trainer's parameters by name; pass the same `params` as to save_training_state.
     """
-    states, meta = prefix + ".states", prefix + ".state.json"
-    for path in (states, meta):
-        if not os.path.isfile(path):
-            raise BortError(f"{path}: training state not found")
-    state = read_json(meta, "a training state")
-    arrays = read_params_file(states)
-    optimizer, updater = trainer._optimizer, trainer._updaters[0]
-    index_of = {name: index for index, name in enumerate(_state_names(trainer, params))}
-    saved = state.get("optimizer", {})
-    unknown = sorted(set(saved.get("layout", {})) - set(index_of))
-    if unknown:
-        raise BortError(f"{states}: optimizer state for parameters the model does not have: {unknown[:5]}")
-    for name, present in saved.get("layout", {}).items():
-        index = index_of[name]
-        fresh = optimizer.create_state_multi_precision(index, trainer._params[index].data())
-        try:
-            if present is None:
-                fresh[:] = arrays[f"{name}:0"]
-            else:
-                for j, (part, has) in enumerate(zip(fresh, present)):
-                    if has:
-                        part[:] = arrays[f"{name}:{j}"]
-        except (KeyError, mx.base.MXNetError):
-            raise BortError(f"{states}: optimizer state of {name} is missing or has the wrong shape") from None
-        updater.states[index] = fresh
-        updater.states_synced[index] = True
-    optimizer.num_update = saved.get("num_update", 0)
-    counts = {index_of[name]: count for name, count in saved.get("update_count", {}).items()}
-    optimizer._all_index_update_counts = {0: counts}
-    optimizer._index_update_count = counts
+    state, arrays = read_training_state(prefix)
+    apply_training_state(trainer, state, arrays, params, source=prefix + ".states")
     return state

@@ -1,8 +1,10 @@
 """Horovod when launched by horovodrun (or asked for), else one process with the same API."""
+import json
 import os
 
 import bort  # noqa: F401
 import mxnet as mx
+import numpy as np
 
 from .errors import BortError
 
@@ -37,13 +39,32 @@ class Distributed:
     def broadcast_parameters(self, params):
         if self.hvd and self.size > 1:
             self.hvd.broadcast_parameters(params, root_rank=0)
+            mx.nd.waitall()
 
     def allreduce_sum(self, values):
         """Sum a list of floats over ranks (for metrics)."""
         if not self.hvd or self.size == 1:
             return list(values)
         tensor = mx.nd.array(values, dtype="float64")
-        return self.hvd.allreduce(tensor, average=False, name=None).asnumpy().tolist()
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=None).asnumpy().tolist()
+
+    def broadcast_object(self, obj, name="object"):
+        """Rank 0's JSON-serializable `obj` on every rank (sent as JSON text, nothing is pickled)."""
+        if not self.hvd or self.size == 1:
+            return obj
+        data = np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8) if self.is_root else np.zeros(0, np.uint8)
+        length = self.hvd.broadcast(mx.nd.array([len(data)], dtype="int64"), root_rank=0, name=name + ".len")
+        length = int(length.asscalar())
+        buffer = mx.nd.array(data if self.is_root else np.zeros(length, np.uint8), dtype="uint8")
+        if length:
+            buffer = self.hvd.broadcast(buffer, root_rank=0, name=name + ".data")
+        return json.loads(buffer.asnumpy().tobytes().decode())
+
+    def broadcast_arrays(self, arrays, name="arrays"):
+        """Overwrite every NDArray in the list with rank 0's values, in place."""
+        if self.hvd and self.size > 1:
+            for i, array in enumerate(arrays):
+                self.hvd.broadcast_(array, root_rank=0, name=f"{name}.{i}")
 
     def barrier(self):
         if self.hvd and self.size > 1:

@@ -4,6 +4,7 @@ import mxnet as mx
 import numpy as np
 
 from .errors import BortError
+from .precision import block_dtype
 from .pretrain_data import to_nd
 
 
@@ -44,7 +45,7 @@ def fill_mask(model, tokenizer, text, top_k=5):
         raise BortError(f"the text is {len(ids)} tokens long; the model takes at most {model.config.max_length}")
     ctx = model.collect_params().list_ctx()[0]
     with mx.autograd.pause(train_mode=False):
-        _, logits = model(mx.nd.array([ids], ctx=ctx), mx.nd.array([len(ids)], ctx=ctx),
+        _, logits = model(mx.nd.array([ids], ctx=ctx), mx.nd.array([len(ids)], ctx=ctx, dtype=block_dtype(model)),
                           mx.nd.array([positions], ctx=ctx))
     probs = mx.nd.softmax(logits.astype("float32"), axis=-1)[0].asnumpy()
     results = []
@@ -58,10 +59,10 @@ def topk_accuracy(model, batches, ctx, k=5):
     """Weighted fraction of masked positions whose label is among the model's top-k predictions."""
     hits = total = 0.0
     for arrays in batches:
-        inputs, valid_length, positions, _, _ = to_nd(arrays, ctx)
+        inputs, valid_length, positions, _, _ = to_nd(arrays, ctx, block_dtype(model))
         with mx.autograd.pause(train_mode=False):
             _, logits = model(inputs, valid_length, positions)
-        top = np.argsort(-logits.asnumpy(), axis=-1)[..., :k]
+        top = np.argsort(-logits.astype("float32").asnumpy(), axis=-1)[..., :k]
         weights = arrays["masked_weights"]
         hits += float(((top == arrays["masked_ids"][..., None]).any(-1) * weights).sum())
         total += float(weights.sum())

@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-from .checkpoint import save_parameters, save_training_state
+from .checkpoint import (apply_training_state, load_parameters, read_training_state, save_parameters,
+                         save_training_state)
 from .errors import BortError
 
 _CKPT = re.compile(r"step_(\d{7,})\.state\.json$")
@@ -70,3 +71,33 @@ def set_rng_state(state):
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
+
+
+def restore_checkpoint(ckpt_dir, start_step, model, trainer, params, dist):
+    """Resume point of every rank: (step, state dict or None for a fresh run).
+
+    Rank 0 alone resolves --start_step and reads the checkpoint; the step, the state (data positions, RNG, loss
+    scale), the parameters and the optimizer states (float32 master weights included) reach the other ranks by
+    broadcast. So every rank resumes at the same step even when only rank 0 sees --ckpt_dir (several nodes
+    without a shared file system), and an error in it stops every rank with the same message."""
+    found, filled = None, []
+    if dist.is_root:
+        try:
+            step, state = resolve_start_step(ckpt_dir, start_step), None
+            if step:
+                prefix = checkpoint_prefix(ckpt_dir, step)
+                load_parameters(model, prefix + ".params")
+                state, arrays = read_training_state(prefix)
+                filled = apply_training_state(trainer, state, arrays, params, source=prefix + ".states")
+            found = {"step": step, "state": state}
+        except BortError as err:
+            found = {"error": str(err)}
+    found = dist.broadcast_object(found, "resume")
+    if "error" in found:
+        raise BortError(found["error"])
+    step, state = found["step"], found["state"]
+    if step and not dist.is_root:
+        filled = apply_training_state(trainer, state, None, params)
+    dist.broadcast_arrays(filled, "optimizer_state")
+    dist.broadcast_parameters(model.collect_params())
+    return step, state

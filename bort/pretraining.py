@@ -15,15 +15,15 @@ import bort  # noqa: F401
 import mxnet as mx
 import numpy as np
 
-from .checkpoint import load_parameters, load_training_state
 from .distill import DistillationLoss, prediction_counts
 from .errors import BortError
 from .io import JsonlLogger, write_json
 from .mlm import MASK_TEXT, encode_with_masks, fill_mask, topk_accuracy  # noqa: F401  (re-exported)
 from .model import get_config
 from .pretrain_data import TrainData, eval_batches, shard_metadata, split_shards, to_nd  # noqa: F401
+from .precision import choose_context, inject_test_faults
 from .pretrain_state import (checkpoint_prefix, complete_checkpoints, resolve_start_step,  # noqa: F401
-                             rng_state, save_checkpoint, set_rng_state)
+                             restore_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from .pretrain_step import (Totals, build_student, build_teacher, evaluate, forward_backward,  # noqa: F401
                             materialize, summarize)
 from .training import (Distributed, DynamicLossScaler, GradientStep, LinearWarmupDecay, create_trainer, set_seed,
@@ -73,6 +73,7 @@ class PretrainConfig:
     cpu_only: bool = False
     allow_legacy_pickle: bool = False
     prefetch: int = 4
+    max_consecutive_skips: int = 50  # float16: stop with an error after this many overflowing steps in a row
     stop_at_step: int = None  # stop after this step as if killed (tests of resume)
     progress: bool = True
 
@@ -106,11 +107,7 @@ def pretrain(config, dist=None):
     """Run distillation pretraining; returns {'step', 'student', 'teacher', 'last_train', 'last_eval', ...}."""
     check_config(config)
     dist = dist or Distributed()
-    use_gpu = not config.cpu_only and mx.context.num_gpus() > 0
-    ctx = mx.gpu(dist.local_rank) if use_gpu else mx.cpu()
-    dtype = config.dtype if use_gpu else "float32"
-    if dtype != config.dtype and dist.is_root:
-        log.info("--dtype %s needs a GPU; running float32 on CPU", config.dtype)
+    ctx, dtype = choose_context(config.dtype, use_gpu=not config.cpu_only, local_rank=dist.local_rank)
     config = dataclasses.replace(config, batch_size=resolve_batch_size(config, dist))
     eval_interval = config.eval_interval if config.eval_interval is not None else config.ckpt_interval
 
@@ -126,11 +123,11 @@ def pretrain(config, dist=None):
     if dtype == "float16":
         student.cast("float16")
     params = trainable_parameters(student)
-    dist.broadcast_parameters(student.collect_params())
 
     trainer = create_trainer(params, dist, optimizer=config.optimizer, lr=config.lr,
                              weight_decay=config.weight_decay, multi_precision=dtype == "float16")
-    scaler = DynamicLossScaler(window=max(1, 2000 // dist.size)) if dtype == "float16" else None
+    _ensure_trainer_ready(trainer)
+    scaler = DynamicLossScaler(max_skips=config.max_consecutive_skips) if dtype == "float16" else None
     stepper = GradientStep(trainer, params, max_norm=config.max_grad_norm, loss_scaler=scaler)
     if config.accumulate > 1:
         for param in params.values():
@@ -139,12 +136,10 @@ def pretrain(config, dist=None):
     loss_fn = DistillationLoss(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
                                legacy=config.legacy_kd_loss)
 
-    start_step, positions = resolve_start_step(config.ckpt_dir, config.start_step), None
+    start_step, state = restore_checkpoint(config.ckpt_dir, config.start_step, student, trainer,
+                                           list(params.values()), dist)
+    positions = None
     if start_step:
-        prefix = checkpoint_prefix(config.ckpt_dir, start_step)
-        load_parameters(student, prefix + ".params")
-        _ensure_trainer_ready(trainer)
-        state = load_training_state(prefix, trainer, list(params.values()))
         if state.get("world_size") == dist.size and state.get("accumulate") == config.accumulate:
             positions = state["data_positions"][dist.rank]
         elif dist.is_root:
@@ -152,10 +147,12 @@ def pretrain(config, dist=None):
                         state.get("world_size"), state.get("accumulate"))
         if "rng" in state:
             set_rng_state(state["rng"])
-        if scaler and state.get("loss_scale"):
-            scaler.scale = state["loss_scale"]
+        if scaler and state.get("loss_scaler"):
+            scaler.load_state_dict(state["loss_scaler"])
+        elif scaler and state.get("loss_scale"):
+            scaler.scale = float(state["loss_scale"])
         if dist.is_root:
-            log.info("resumed from %s (step %d)", prefix, start_step)
+            log.info("resumed from %s (step %d)", checkpoint_prefix(config.ckpt_dir, start_step), start_step)
     student.hybridize(static_alloc=True)
 
     data = TrainData(config, dist, config.seed, positions)
@@ -184,6 +181,7 @@ def pretrain(config, dist=None):
                     before_student=lambda: step_seed(config.seed, step, slot))
                 correct, agree = prediction_counts(logits, teacher_logits, labels, weights)
                 totals.add(out, correct, agree, float(arrays["valid_length"].sum()))
+            inject_test_faults(list(params.values()), step, dist.rank)
             grad_norm, applied = stepper(1.0)
             if config.accumulate > 1:
                 stepper.zero_grad()
@@ -265,6 +263,7 @@ def _checkpoint(config, dist, step, student, model_config, trainer, data, scaler
                           for k in range(slots_of_r)})
     state = {"step": step, "world_size": size, "accumulate": config.accumulate, "data_positions": positions,
              "rng": rng_state(), "loss_scale": scaler.scale if scaler else None, "seed": config.seed,
+             "loss_scaler": scaler.state_dict() if scaler else None, "dtype": str(config.dtype),
              "config": {k: v for k, v in dataclasses.asdict(config).items() if _jsonable(v)}}
     prefix = save_checkpoint(config.ckpt_dir, step, student, model_config, trainer, state)
     log.info("checkpoint %s", prefix)
