@@ -16,6 +16,7 @@ from bort.checkpoint import (config_path, load_model, load_parameters, load_trai
                              read_params_file, save_parameters, save_training_state)
 from bort.errors import BortError
 from bort.model import build_model, get_config
+from bort.precision import enable_cpu_float16
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,59 +130,93 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == sorted([path.name, os.path.basename(config_path(path))])
 
 
-def _net(seed):
+def _net(seed, dtype="float32", ctx=None):
     mx.random.seed(seed)
     net = mx.gluon.nn.HybridSequential()
     net.add(mx.gluon.nn.Dense(8, in_units=5, activation="tanh"), mx.gluon.nn.LayerNorm(in_channels=8),
             mx.gluon.nn.Dense(3, in_units=8))
-    net.initialize(mx.init.Normal(0.5))
+    net.initialize(mx.init.Normal(0.5), ctx=ctx or mx.cpu())
+    if dtype == "float16":
+        enable_cpu_float16()
+        net.cast("float16")
     return net
 
 
-def _step(net, trainer, batch):
+def _step(net, trainer, batch, dtype="float32"):
     x, y = batch
     with mx.autograd.record():
-        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y)
+        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(x.astype(dtype)).astype("float32"), y)
     loss.backward()
     trainer.step(x.shape[0])
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "bertadam"])
-def test_training_state_resume_matches_uninterrupted_run(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,dtype,device_id", [
+    ("adam", "float32", 0), ("bertadam", "float32", 0),
+    # MXNet keeps update counts per device id: a rank on gpu(k), k != 0, must get its bias correction back.
+    ("adam", "float32", 1), ("lamb", "float32", 1),
+    # multi-precision: nested states holding the float32 master weights.
+    ("bertadam", "float16", 0), ("adam", "float16", 0), ("lamb", "float16", 1)])
+def test_training_state_resume_matches_uninterrupted_run(tmp_path, optimizer, dtype, device_id):
+    ctx = mx.cpu(device_id)
     rng = np.random.RandomState(0)
-    batches = [(mx.nd.array(rng.randn(4, 5)), mx.nd.array(rng.randint(0, 3, size=4))) for _ in range(6)]
-    settings = {"learning_rate": 0.05, "wd": 0.01}
+    batches = [(mx.nd.array(rng.randn(4, 5), ctx=ctx), mx.nd.array(rng.randint(0, 3, size=4), ctx=ctx))
+               for _ in range(6)]
+    settings = {"learning_rate": 0.05, "wd": 0.01, "multi_precision": dtype == "float16"}
 
-    net = _net(0)
+    net = _net(0, dtype, ctx)
     trainer = mx.gluon.Trainer(net.collect_params(), optimizer, settings)
     for batch in batches[:3]:
-        _step(net, trainer, batch)
+        _step(net, trainer, batch, dtype)
     net.save_parameters(str(tmp_path / "net.params"))
     save_training_state(str(tmp_path / "ckpt"), trainer, {"step": 3, "data_position": 12},
                         net._collect_params_with_prefix())
     for batch in batches[3:]:
-        _step(net, trainer, batch)
+        _step(net, trainer, batch, dtype)
     uninterrupted = [p.data().asnumpy() for p in net.collect_params().values()]
+    final_states = {k: v.asnumpy() for k, v in _states(trainer).items()}
 
-    resumed = _net(1)  # different random init, overwritten by the checkpoint
-    resumed.load_parameters(str(tmp_path / "net.params"))
+    resumed = _net(1, dtype, ctx)  # different random init, overwritten by the checkpoint
+    resumed.load_parameters(str(tmp_path / "net.params"), ctx=ctx)
     params = list(resumed.collect_params().values())
     new_trainer = mx.gluon.Trainer(resumed.collect_params(), optimizer, settings)
     state = load_training_state(str(tmp_path / "ckpt"), new_trainer, resumed._collect_params_with_prefix())
     assert state["step"] == 3 and state["data_position"] == 12
     for batch in batches[3:]:
-        _step(resumed, new_trainer, batch)
+        _step(resumed, new_trainer, batch, dtype)
     for a, b in zip(uninterrupted, [p.data().asnumpy() for p in params]):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(a, b)
+    for key, value in _states(new_trainer).items():  # float32 master weights and moments too
+        np.testing.assert_array_equal(value.asnumpy(), final_states[key], err_msg=key)
+    if dtype == "float16":
+        saved = mx.nd.load(str(tmp_path / "ckpt.states"))
+        masters = [v for v in saved.values() if v.dtype == np.float32 and v.shape == (8, 5)]
+        weights = net.collect_params()[net[0].weight.name].data().asnumpy()
+        assert masters and any(not np.array_equal(m.asnumpy().astype(np.float16), m.asnumpy()) for m in masters)
+        assert weights.dtype == np.float16
 
     # Without the optimizer state the continuation differs (so the check above means something).
-    fresh = _net(1)
-    fresh.load_parameters(str(tmp_path / "net.params"))
+    fresh = _net(1, dtype, ctx)
+    fresh.load_parameters(str(tmp_path / "net.params"), ctx=ctx)
     fresh_trainer = mx.gluon.Trainer(fresh.collect_params(), optimizer, settings)
     for batch in batches[3:]:
-        _step(fresh, fresh_trainer, batch)
-    assert max(np.abs(a - p.data().asnumpy()).max()
+        _step(fresh, fresh_trainer, batch, dtype)
+    assert max(np.abs(a.astype(np.float32) - p.data().asnumpy().astype(np.float32)).max()
                for a, p in zip(uninterrupted, fresh.collect_params().values())) > 1e-4
+
+
+def _states(trainer):
+    """{index.path: NDArray} of every optimizer state array (nested tuples flattened)."""
+    out = {}
+
+    def walk(value, key):
+        if isinstance(value, (tuple, list)):
+            for j, part in enumerate(value):
+                walk(part, f"{key}.{j}")
+        elif value is not None:
+            out[key] = value
+    for index, value in trainer._updaters[0].states.items():
+        walk(value, str(index))
+    return out
 
 
 def test_training_state_files_are_pickle_free_and_checked(tmp_path):
