@@ -20,6 +20,7 @@ from .errors import BortError
 from .heads import TaskModel
 from .io import JsonlLogger, read_json, write_json
 from .model import get_config
+from .precision import choose_context
 from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score
 from .training import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
                        launched_by_horovodrun, set_seed, step_seed, trainable_parameters)
@@ -224,9 +225,15 @@ def _sibling_dir(data_dir, task):
 
 
 def context(args, dist):
-    if args.gpu is None or args.gpu == 999:
-        return mx.cpu()
-    return mx.gpu(dist.local_rank if dist.size > 1 else args.gpu)
+    """The run's context: --gpu (each Horovod rank its own GPU), else the CPU; float16 on CPU only with
+    BORT_CPU_FLOAT16=1 (bort.precision)."""
+    want_gpu = args.gpu is not None and args.gpu != 999
+    if want_gpu and mx.context.num_gpus() == 0:
+        raise BortError(f"--gpu {args.gpu}: no GPU is visible to this process; leave --gpu out (or pass 999) to "
+                        f"run on the CPU")
+    ctx, _ = choose_context(args.dtype, use_gpu=want_gpu, local_rank=dist.local_rank,
+                            gpu=None if dist.size > 1 else args.gpu)
+    return ctx
 
 
 def run(args, tokenizer):
@@ -246,7 +253,8 @@ def run(args, tokenizer):
         raise BortError(f"--model_parameters: required with --only_inference (and for {task.name}, which has no "
                         "training data); pass a checkpoint written by finetune_bort.py")
     data = Data(task, args, tokenizer, train=not only_inference)
-    os.makedirs(args.output_dir, exist_ok=True)
+    if dist.is_root:  # only rank 0 writes (the other ranks' file systems may be other machines')
+        os.makedirs(args.output_dir, exist_ok=True)
     logger = JsonlLogger(os.path.join(args.output_dir, "metrics.jsonl") if dist.is_root else None)
     ckpt = os.path.join(args.output_dir, f"model_bort_{task.name}.params")
     result = {"task": task.name, "checkpoint": None, "dev": {}, "submissions": []}
@@ -264,6 +272,7 @@ def run(args, tokenizer):
     if args.dtype == "float16":
         model.cast("float16")
     if not dist.is_root:
+        dist.shutdown()  # waits for rank 0's predictions, then ends Horovod before interpreter exit
         return result
     result["checkpoint"] = os.path.abspath(ckpt)
     if only_inference:
@@ -286,6 +295,7 @@ def run(args, tokenizer):
         log.info("wrote %s (%d predictions)", path, len(preds))
     result["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
     write_json(os.path.join(args.output_dir, "result.json"), result)
+    dist.shutdown()
     return result
 
 
