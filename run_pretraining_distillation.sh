@@ -2,6 +2,7 @@
 # Bort pretraining by knowledge distillation, as the original launcher:
 #
 #   ./run_pretraining_distillation.sh <num gpus> <train data> <test data> [teacher ckpt] [extra flags...]
+#   ./run_pretraining_distillation.sh <num gpus> TEST [TEST] [teacher ckpt] [extra flags...]
 #
 # <train data>/<test data>: shard files, globs or directories (create_pretraining_data.py output).
 # [teacher ckpt]: a .params file, a directory with one .params file, or a local HF RoBERTa directory;
@@ -9,21 +10,29 @@
 # Extra flags after the positional arguments go to run_pretraining_distillation_hvd.py and override the
 # defaults below (e.g. --num_steps 1000 --ckpt_dir out/).
 #
-# TEST as <train data>: tokenize test_data/sample_text.txt with the test vocabulary, pretrain a tiny RoBERTa
+# Inputs are checked (one process, before horovodrun starts) so that a bad path is one line "error: ..." and a
+# non-zero exit, and nothing is created.
+#
+# TEST as <train data> (<test data> may be left out, as in the original's own test call): tokenize test_data/sample_text.txt with the test vocabulary, pretrain a tiny RoBERTa
 # teacher on it by masked-LM (unless a teacher checkpoint is given), then distill a tiny Bort student from it,
 # on CPU in float32, in about a minute; both then fill held-back masks of the text (see the TEST block below).
 # Uses horovodrun with <num gpus> processes when it is installed.
 # The run directory is $BORT_TEST_DIR (default: pretraining_distillation_test).
 set -euo pipefail
 
-if [ $# -lt 3 ]; then
+if [ $# -lt 3 ] && ! { [ $# -eq 2 ] && [ "$2" = "TEST" ]; }; then
     echo "usage: $0 <num gpus> <train data> <test data> [teacher ckpt] [extra flags...]" >&2
+    echo "       $0 <num gpus> TEST [TEST] [teacher ckpt] [extra flags...]" >&2
     exit 2
 fi
 NUMPROC=$1
 TRAIN_DATA=$2
-TEST_DATA=$3
-shift 3
+shift 2
+TEST_DATA=TEST
+if [ "$TRAIN_DATA" != "TEST" ] || { [ $# -gt 0 ] && [ "$1" = "TEST" ]; }; then
+    TEST_DATA=$1
+    shift
+fi
 TEACHER_CKPT=""
 if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then
     TEACHER_CKPT=$1
@@ -131,6 +140,7 @@ ARGS=(--data "$TRAIN_DATA" --data_eval "$TEST_DATA" --model "$MODEL" --teacher_m
       --num_buckets 20 --use_avg_len --log_interval "$LOG_INTERVAL" --ckpt_interval "$CKPT_INTERVAL"
       --ckpt_dir "$CKPT_DIR" --dtype "$DTYPE" "${EXTRA_TEST[@]}" "$@")
 
+"$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" --preflight_workers "$NUMPROC" || exit $?
 mkdir -p "$CKPT_DIR"
 if command -v horovodrun >/dev/null 2>&1 && "$PYTHON" -c "import horovod.mxnet" >/dev/null 2>&1; then
     LAUNCH=(horovodrun -np "$NUMPROC" -H "localhost:$NUMPROC" "$PYTHON")

@@ -14,7 +14,7 @@ import logging
 
 import bort  # noqa: F401  (before mxnet: thread settings)
 from bort.errors import run_cli
-from bort.pretraining import PretrainConfig, pretrain, write_summary
+from bort.pretraining import PretrainConfig, preflight, pretrain, write_summary
 from bort.training import Distributed
 
 D = PretrainConfig()
@@ -82,6 +82,7 @@ def build_parser():
     g.add_argument("--metrics_file", default=None, help="JSON lines (default: <ckpt_dir>/metrics.jsonl)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bar")
     g.add_argument("--stop_at_step", type=int, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--preflight_workers", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's check
     g.add_argument("--summary_json", default=None, help="write the final metrics and a parameter checksum here "
                                                    "('{rank}' in the name: one file per rank)")
     g.add_argument("--verbose", action="store_true")
@@ -95,6 +96,9 @@ def main(argv=None):
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                             progress=not args.no_progress)
+    if args.preflight_workers:
+        preflight(config, args.preflight_workers)
+        return
     dist = Distributed()
     result = pretrain(config, dist)
     if args.summary_json and (result["rank"] == 0 or "{rank}" in args.summary_json):

@@ -103,6 +103,20 @@ def check_config(config):
             raise BortError(f"--{name} must be >= 1, got {getattr(config, name)}")
 
 
+def preflight(config, world_size):
+    """The checks a launcher runs in one process before starting `world_size` ranks: flags, shard files, the
+    device for --dtype, the files named by --student_params / --teacher_ckpt_dir. Raises BortError."""
+    check_config(config)
+    split_shards(list_shards(config.data), world_size, 0)
+    if config.data_eval:
+        list_shards(config.data_eval)
+    choose_context(config.dtype, use_gpu=not config.cpu_only)
+    for flag in ("student_params", "teacher_ckpt_dir"):
+        path = getattr(config, flag)
+        if path and not os.path.exists(path):
+            raise BortError(f"{path}: not found (--{flag})")
+
+
 def pretrain(config, dist=None):
     """Run distillation pretraining; returns {'step', 'student', 'teacher', 'last_train', 'last_eval', ...}."""
     check_config(config)

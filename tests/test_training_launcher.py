@@ -1,0 +1,68 @@
+"""run_pretraining_distillation.sh: the original's two-argument TEST call, TEST in float16 on CPU with flags that
+override TEST's own, and missing shards as one line without Horovod's traceback or a stray directory."""
+import os
+import shutil
+import subprocess
+import sys
+
+import bort  # noqa: F401
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bort.checkpoint import load_model
+from bort.mlm import topk_accuracy
+from data.pretraining import batchify, list_shards, load_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(ROOT, "run_pretraining_distillation.sh")
+STEPS, TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
+
+
+def _launch(args, cwd, **env):
+    run_env = dict(os.environ, PYTHON=sys.executable, **env)
+    return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
+                          timeout=1200)
+
+
+def _held_out_top1(run_dir, params):
+    model = load_model(str(params))
+    batches = []
+    for path in list_shards(str(run_dir / "eval")):
+        shard = load_shard(path)
+        batches.append(batchify([shard[i] for i in range(len(shard))], shard.metadata["pad_id"]))
+    return topk_accuracy(model, batches, mx.cpu(), k=1)
+
+
+def test_missing_shards_one_line_no_traceback_no_stray_directory(tmp_path):
+    procs = "2" if shutil.which("horovodrun") else "1"
+    proc = _launch([procs, str(tmp_path / "nowhere"), str(tmp_path / "nowhere_eval")], tmp_path)
+    assert proc.returncode != 0
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert err == [f"error: {tmp_path / 'nowhere'}: no such file or directory"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_two_argument_test_call_and_float16_test_fills_masks_like_float32(tmp_path):
+    f32 = tmp_path / "f32"
+    proc = _launch(["1", "TEST"], tmp_path, BORT_TEST_DIR=str(f32))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    student32 = f32 / "bort_tiny_model" / f"step_{STEPS:07d}.params"
+    teacher = f32 / "teacher" / f"step_{TEACHER_STEPS:07d}.params"
+    assert student32.is_file() and teacher.is_file()
+
+    # The same recipe and teacher, in float16 on CPU: flags after the positional arguments override TEST's.
+    f16 = tmp_path / "f16"
+    proc = _launch(["1", "TEST", "TEST", str(teacher), "--dtype", "float16"], tmp_path, BORT_TEST_DIR=str(f16),
+                   BORT_CPU_FLOAT16="1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    student16 = f16 / "bort_tiny_model" / f"step_{STEPS:07d}.params"
+    assert all(v.dtype == np.float16 for v in mx.nd.load(str(student16)).values())
+    top1_32 = _held_out_top1(f32, student32)
+    top1_16 = _held_out_top1(f16, student16)
+    print(f"held-out top-1: float32 {top1_32:.3f}, float16 {top1_16:.3f}")
+    assert top1_32 >= 0.6
+    assert top1_16 >= top1_32 - 0.05
+    assert sorted(os.listdir(tmp_path)) == ["f16", "f32"]
