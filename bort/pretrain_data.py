@@ -169,7 +169,8 @@ def eval_batches(config, dist):
     paths = list_shards(config.data_eval)
     split = len(paths) >= dist.size
     mine = split_shards(paths, dist.size, dist.rank, "--data_eval") if split else list(enumerate(paths))
-    eval_config = dataclasses.replace(config, batch_size=config.batch_size_eval)
+    # As the original's evaluation loader: --batch_size_eval sequences per batch, one length bucket.
+    eval_config = dataclasses.replace(config, batch_size=config.batch_size_eval, use_avg_len=False, num_buckets=1)
     stream = SlotStream(mine, eval_config, seed=0, shuffle=False, epochs=1)
     batches = (arrays for arrays, _ in stream)
     if config.num_eval_steps:

@@ -19,7 +19,9 @@ from bort.errors import BortError
 from bort.model import build_model, get_config
 from bort.pretraining import (PretrainConfig, complete_checkpoints, parameters_digest, pretrain, resolve_start_step,
                               split_shards)
-from data.pretraining import load_shard
+from bort.pretrain_data import eval_batches
+from bort.distributed import Distributed
+from data.pretraining import list_shards, load_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
@@ -252,3 +254,14 @@ def test_horovod_two_ranks_match_one_process(shards, tmp_path):
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert three.returncode != 0
     assert "error: --data: 2 shard file(s) for 3 workers" in three.stdout + three.stderr
+
+
+def test_batch_size_eval_counts_sequences_in_one_bucket(shards, tmp_path):
+    """As the original's eval loader: no --use_avg_len and one bucket, whatever the training batches use."""
+    config = tiny_config(shards, tmp_path / "ck", data_eval=shards, batch_size_eval=16, use_avg_len=True,
+                         num_buckets=20, batch_size=64)
+    batches, split = eval_batches(config, Distributed(False))
+    sizes = [len(b["valid_length"]) for b in batches]
+    per_shard = [len(load_shard(p)) for p in list_shards(shards)]
+    assert sum(sizes) == sum(per_shard)
+    assert len(sizes) == sum(-(-n // 16) for n in per_shard) and max(sizes) == 16
