@@ -77,6 +77,9 @@ def build_parser():
     g.add_argument("--ckpt_dir", default=D.ckpt_dir)
     g.add_argument("--ckpt_interval", type=int, default=D.ckpt_interval)
     g.add_argument("--start_step", default=D.start_step, help="resume from this checkpoint step, or 'latest'")
+    g.add_argument("--overwrite_ckpt_dir", action="store_true",
+                   help="a fresh run into a --ckpt_dir holding another run's checkpoints deletes them (without it: "
+                        "an error)")
     g.add_argument("--eval_interval", type=int, default=None, help="default: --ckpt_interval (as the original)")
     g.add_argument("--log_interval", type=int, default=D.log_interval)
     g.add_argument("--metrics_file", default=None, help="JSON lines (default: <ckpt_dir>/metrics.jsonl)")

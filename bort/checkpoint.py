@@ -4,6 +4,7 @@
 read with the config the caller names. Files are MXNet's NDArray format (`mx.nd.save`), which is not
 pickle. Training state (optimizer, step, data position, RNG) goes in `<name>.states` and `<name>.state.json`.
 """
+import hashlib
 import os
 
 import bort  # noqa: F401
@@ -192,7 +193,15 @@ def _device_ids(trainer):
     return sorted({ctx.device_id for ctx in trainer._contexts}) or [0]
 
 
-def save_training_state(prefix, trainer, state, params=None):
+def file_sha256(path, chunk=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_training_state(prefix, trainer, state, params=None, companions=()):
     """Save `<prefix>.states` (optimizer state arrays) and `<prefix>.state.json` (step, data position, RNG...).
 
     MXNet's own `Trainer.save_states` pickles; this writes the optimizer's arrays in the NDArray format
@@ -200,6 +209,8 @@ def save_training_state(prefix, trainer, state, params=None):
     the parameters happened to be ordered), so a resumed checkpoint never unpickles anything.
     Nested multi-precision states (float16 training) are stored whole, float32 master weights included.
     Pass `params` as {name: Parameter} to choose the names (e.g. `trainable_parameters(block)`).
+    `.state.json` records the SHA-256 of `.states` and of the `companions` (files beside it written before, e.g.
+    the `.params`), so that loading refuses a checkpoint whose files come from different writes.
     """
     updater, optimizer = trainer._updaters[0], trainer._optimizer
     names = _state_names(trainer, params)
@@ -212,6 +223,7 @@ def save_training_state(prefix, trainer, state, params=None):
     state = dict(state, optimizer={"num_update": optimizer.num_update, "update_count": counts, "layout": layout})
     with atomic_path(prefix + ".states") as tmp:
         mx.nd.save(tmp, arrays)
+    state["checksums"] = {os.path.basename(path): file_sha256(path) for path in (*companions, prefix + ".states")}
     write_json(prefix + ".state.json", state)
 
 
@@ -224,6 +236,16 @@ def read_training_state(prefix):
     state = read_json(meta, "a training state")
     if not isinstance(state, dict) or not isinstance(state.get("optimizer", {}), dict):
         raise BortError(f"{meta}: expected a JSON object with an 'optimizer' object")
+    checksums = state.get("checksums", {})
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise BortError(f"{meta}: 'checksums' must map file names to SHA-256 strings")
+    for name, expected in sorted(checksums.items()):
+        path = os.path.join(os.path.dirname(prefix), os.path.basename(name))
+        if not os.path.isfile(path):
+            raise BortError(f"{path}: missing; {os.path.basename(meta)} lists it as part of the checkpoint")
+        if file_sha256(path) != expected:
+            raise BortError(f"{path}: does not match the checksum in {os.path.basename(meta)} (a checkpoint mixed "
+                            f"from two writes, or a damaged file); resume from another step")
     return state, read_params_file(states)
 
 

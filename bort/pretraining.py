@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+import uuid
 
 import bort  # noqa: F401
 import mxnet as mx
@@ -23,7 +24,7 @@ from .model import get_config
 from .pretrain_data import TrainData, eval_batches, shard_metadata, split_shards, to_nd  # noqa: F401
 from .precision import choose_context, inject_test_faults
 from .pretrain_state import (checkpoint_prefix, complete_checkpoints, resolve_start_step,  # noqa: F401
-                             restore_checkpoint, rng_state, save_checkpoint, set_rng_state)
+                             restore_checkpoint, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from .pretrain_step import (Totals, build_student, build_teacher, evaluate, forward_backward,  # noqa: F401
                             materialize, summarize)
 from .training import (Distributed, DynamicLossScaler, GradientStep, LinearWarmupDecay, create_trainer, set_seed,
@@ -73,6 +74,7 @@ class PretrainConfig:
     cpu_only: bool = False
     allow_legacy_pickle: bool = False
     prefetch: int = 4
+    overwrite_ckpt_dir: bool = False  # a fresh run may delete another run's checkpoints in ckpt_dir
     max_consecutive_skips: int = 50  # float16: stop with an error after this many overflowing steps in a row
     stop_at_step: int = None  # stop after this step as if killed (tests of resume)
     progress: bool = True
@@ -150,8 +152,13 @@ def pretrain(config, dist=None):
     loss_fn = DistillationLoss(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
                                legacy=config.legacy_kd_loss)
 
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if _jsonable(v)}
     start_step, state = restore_checkpoint(config.ckpt_dir, config.start_step, student, trainer,
-                                           list(params.values()), dist)
+                                           list(params.values()), dist, settings, config.overwrite_ckpt_dir)
+    run_id = (state or {}).get("run_id") or uuid.uuid4().hex
+    metrics_path = config.metrics_file or os.path.join(config.ckpt_dir, "metrics.jsonl")
+    if dist.is_root:
+        trim_metrics(metrics_path, start_step)
     positions = None
     if start_step:
         if state.get("world_size") == dist.size and state.get("accumulate") == config.accumulate:
@@ -170,8 +177,7 @@ def pretrain(config, dist=None):
     student.hybridize(static_alloc=True)
 
     data = TrainData(config, dist, config.seed, positions)
-    metrics = JsonlLogger((config.metrics_file or os.path.join(config.ckpt_dir, "metrics.jsonl"))
-                          if dist.is_root else None)
+    metrics = JsonlLogger(metrics_path if dist.is_root else None)
     if dist.is_root:
         os.makedirs(config.ckpt_dir, exist_ok=True)
         log.info("effective batch = %d %s x %d accumulate x %d workers", config.batch_size,
@@ -223,7 +229,7 @@ def pretrain(config, dist=None):
                 window_start, window_steps, data_time = time.time(), 0, 0.0
 
             if step % config.ckpt_interval == 0 or step == config.num_steps:
-                _checkpoint(config, dist, step, student, model_config, trainer, data, scaler)
+                _checkpoint(config, dist, step, student, model_config, trainer, data, scaler, run_id)
             if config.data_eval and eval_interval and step % eval_interval == 0 and step != config.num_steps:
                 last_eval = _eval_and_log(config, dist, student, teacher, loss_fn, ctx, dtype, metrics, step)
             if config.stop_at_step and step >= config.stop_at_step:
@@ -259,7 +265,7 @@ def _progress(config, dist, start_step):
     return tqdm(total=config.num_steps, initial=start_step, desc="distillation", unit="step", dynamic_ncols=True)
 
 
-def _checkpoint(config, dist, step, student, model_config, trainer, data, scaler):
+def _checkpoint(config, dist, step, student, model_config, trainer, data, scaler, run_id):
     # Every rank's data position goes into the checkpoint: gather them with a sum over a zero-padded vector.
     slots, size = config.accumulate, dist.size
     flat = np.zeros(size * slots * 3)
@@ -277,7 +283,7 @@ def _checkpoint(config, dist, step, student, model_config, trainer, data, scaler
                           for k in range(slots_of_r)})
     state = {"step": step, "world_size": size, "accumulate": config.accumulate, "data_positions": positions,
              "rng": rng_state(), "loss_scale": scaler.scale if scaler else None, "seed": config.seed,
-             "loss_scaler": scaler.state_dict() if scaler else None, "dtype": str(config.dtype),
+             "loss_scaler": scaler.state_dict() if scaler else None, "run_id": run_id,
              "config": {k: v for k, v in dataclasses.asdict(config).items() if _jsonable(v)}}
     prefix = save_checkpoint(config.ckpt_dir, step, student, model_config, trainer, state)
     log.info("checkpoint %s", prefix)
