@@ -159,21 +159,7 @@ def pretrain(config, dist=None):
     metrics_path = config.metrics_file or os.path.join(config.ckpt_dir, "metrics.jsonl")
     if dist.is_root:
         trim_metrics(metrics_path, start_step)
-    positions = None
-    if start_step:
-        if state.get("world_size") == dist.size and state.get("accumulate") == config.accumulate:
-            positions = state["data_positions"][dist.rank]
-        elif dist.is_root:
-            log.warning("checkpoint written with %s workers x accumulate %s; the data restarts from the beginning",
-                        state.get("world_size"), state.get("accumulate"))
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        if scaler and state.get("loss_scaler"):
-            scaler.load_state_dict(state["loss_scaler"])
-        elif scaler and state.get("loss_scale"):
-            scaler.scale = float(state["loss_scale"])
-        if dist.is_root:
-            log.info("resumed from %s (step %d)", checkpoint_prefix(config.ckpt_dir, start_step), start_step)
+    positions = _resume_position(config, dist, start_step, state, scaler) if start_step else None
     student.hybridize(static_alloc=True)
 
     data = TrainData(config, dist, config.seed, positions)
@@ -250,6 +236,25 @@ def pretrain(config, dist=None):
         result["eval"] = last_eval
     mx.nd.waitall()
     return result
+
+
+def _resume_position(config, dist, start_step, state, scaler):
+    """Restore the RNGs and the loss scaler from a checkpoint's state; returns this rank's data position."""
+    positions = None
+    if state.get("world_size") == dist.size and state.get("accumulate") == config.accumulate:
+        positions = state["data_positions"][dist.rank]
+    elif dist.is_root:
+        log.warning("checkpoint written with %s workers x accumulate %s; the data restarts from the beginning",
+                    state.get("world_size"), state.get("accumulate"))
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    if scaler and state.get("loss_scaler"):
+        scaler.load_state_dict(state["loss_scaler"])
+    elif scaler and state.get("loss_scale"):  # checkpoints written before the scaler's counter was saved
+        scaler.scale = float(state["loss_scale"])
+    if dist.is_root:
+        log.info("resumed from %s (step %d)", checkpoint_prefix(config.ckpt_dir, start_step), start_step)
+    return positions
 
 
 def _ensure_trainer_ready(trainer):

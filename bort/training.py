@@ -3,7 +3,7 @@
 - `Distributed` (bort.distributed): Horovod when launched by horovodrun, else one process with the same API.
 - `create_trainer`: BERTAdam (or LAMB/Adam) with no weight decay on layer-norm parameters and biases.
 - `LinearWarmupDecay`: linear warmup to the peak learning rate, then linear decay to zero.
-- `GradientStep` (bort.precision): all-reduce, global-norm clipping and the update, with optional fp16 dynamic loss scaling.
+- `GradientStep`, `DynamicLossScaler` (bort.precision): all-reduce, overflow check, clipping, update; float16.
 - `step_seed`: a per-step MXNet seed, which makes dropout reproducible across a resume (MXNet's RNG state
   cannot be saved).
 """
