@@ -157,7 +157,7 @@ def pretrain(config, dist=None):
                                            list(params.values()), dist, settings, config.overwrite_ckpt_dir)
     run_id = (state or {}).get("run_id") or uuid.uuid4().hex
     metrics_path = config.metrics_file or os.path.join(config.ckpt_dir, "metrics.jsonl")
-    if dist.is_root:
+    if dist.is_root and (start_step or not config.metrics_file):  # a --metrics_file of its own: the user's
         trim_metrics(metrics_path, start_step)
     positions = _resume_position(config, dist, start_step, state, scaler) if start_step else None
     student.hybridize(static_alloc=True)
