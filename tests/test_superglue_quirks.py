@@ -1,5 +1,6 @@
 """SuperGLUE and RACE: the published formats' quirks, and malformed records as one-line errors (issue 12)."""
 import json
+import os
 
 import pytest
 
@@ -165,3 +166,38 @@ def test_race_count_mismatch_and_types_are_errors(tmp_path, record, message):
     race_file(tmp_path, "train", "high", "1.txt", record)
     with pytest.raises(BortError, match=message):
         read_race("RACE-H", "train", str(tmp_path))
+
+
+def test_axg_gender_parity_pairs_consecutive_lines(tmp_path):
+    # as released: each line has its own pair_id; a minimal pair is lines 2i and 2i+1
+    records = [{"hypothesis": "The nurse was tired.", "premise": f"Premise {i}.", "idx": i, "pair_id": 550 + 7 * i,
+                "label": "entailment"} for i in range(6)]
+    task = get_task("AX-g")
+    examples = task.read("AX-g", jsonl(tmp_path, "AX-g.jsonl", records))
+    metrics = task.metrics([1, 1, 0, 1, 0, 0], task.gold(examples))
+    assert metrics == {"accuracy": pytest.approx(0.5), "gender_parity": pytest.approx(2 / 3)}
+    jsonl(tmp_path, "AX-g.jsonl", records[:5])
+    with pytest.raises(BortError, match=r"AX-g.jsonl: 5 examples; expected minimal pairs"):
+        task.read("AX-g", str(tmp_path))
+
+
+def test_race_original_submission_format(tmp_path):
+    import argparse
+    from bort.tasks import submission_options
+    task = get_task("RACE")
+    examples = task.read("test", "test_data/race")
+    preds = [i % 4 for i in range(len(examples))]
+    options = submission_options(argparse.Namespace(race_submission_format="original"))
+    task.write_submission(preds, examples, str(tmp_path), "test", **options)
+    letters = iter("ABCD"[p] for p in preds)
+    for level, stem in (("middle", "RACE-M"), ("high", "RACE-H")):
+        folder = os.path.join("test_data", "race", "test", level)
+        sources = [json.loads(open(os.path.join(folder, n), encoding="utf-8").read())
+                   for n in sorted(os.listdir(folder))]
+        written = [json.loads(line) for line in (tmp_path / f"{stem}.txt").read_text().splitlines()]
+        assert len(written) == len(sources)
+        for source, record in zip(sources, written):
+            assert {k: v for k, v in record.items() if k != "answers"} == \
+                {k: source[k] for k in ("article", "id", "options", "questions")}
+            assert record["answers"] == [next(letters) for _ in source["questions"]]
+    assert not (tmp_path / "RACE.json").exists()
