@@ -15,7 +15,8 @@ The registry only describes tasks; models, checkpoints and prediction are bort.f
 `load_task_checkpoint`, `predict_outputs`), which uses this module, never the reverse.
 
 Encoding follows the original Bort fine-tuning: `<s> A </s>` for one text and `<s> A </s> B </s>` for a pair
-(one separator, as its `concat_sequences`), both texts truncated to equal shares of `max_len`. Kinds of task:
+(one separator, as its `concat_sequences`), both texts truncated to equal shares of `max_len` (bort/encoding.py).
+Kinds of task:
 
 - classify / regress: one sequence per example (STS-B: one output, L2 loss).
 - choice (COPA, RACE): one sequence per option, one score each, softmax over the options. COPA's option is

@@ -139,3 +139,14 @@ def test_record_training_set_is_semi_balanced(tok):
     examples = task.read("train", "test_data/superglue/ReCoRD")
     assert [i.target for i in task.encode(examples, tok, 64, train=True)] == [1, 0]
     assert len(task.encode(examples, tok, 64, train=False)) == 3
+
+
+def test_registry_does_not_depend_on_the_training_loop():
+    """bort.tasks describes tasks; bort.finetune uses it, never the reverse (no import cycle, no MXNet)."""
+    import subprocess
+    import sys
+    code = "import sys, bort.tasks; print(sorted(m for m in ('bort.finetune', 'mxnet') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    import bort.tasks
+    assert not hasattr(bort.tasks, "build_task_model") and not hasattr(bort.tasks, "predict_outputs")
