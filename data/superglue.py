@@ -206,10 +206,21 @@ def read_superglue(task, segment, data_dir, cb_expansion=False):
             examples.append(dict(base, text_a=text, text_b=hint, spans=spans))
     if not examples:
         raise BortError(f"{path}: no examples found")
-    if task == "AX-g" and len(examples) % 2:
+    if task == "AX-g":
+        check_gender_pairs(examples, path)
+    return examples
+
+
+def check_gender_pairs(examples, path):
+    """AX-g holds minimal pairs on consecutive lines 2i, 2i+1 (the same hypothesis, the premise's pronoun switched),
+    which gender parity compares; each line has its own pair_id, so the order is all that pairs them."""
+    if len(examples) % 2:
         raise BortError(f"{path}: {len(examples)} examples; expected minimal pairs (lines 2i and 2i+1), an even "
                         f"number")
-    return examples
+    for first, second in zip(examples[0::2], examples[1::2]):
+        if first["text_b"] != second["text_b"]:
+            raise BortError(f"{second['where']}: hypothesis differs from the line before; expected minimal pairs "
+                            f"(lines 2i and 2i+1 with the same hypothesis)")
 
 
 def superglue_dir(task):

@@ -179,6 +179,10 @@ def test_axg_gender_parity_pairs_consecutive_lines(tmp_path):
     jsonl(tmp_path, "AX-g.jsonl", records[:5])
     with pytest.raises(BortError, match=r"AX-g.jsonl: 5 examples; expected minimal pairs"):
         task.read("AX-g", str(tmp_path))
+    records[3]["hypothesis"] = "The doctor was tired."
+    jsonl(tmp_path, "AX-g.jsonl", records)
+    with pytest.raises(BortError, match=r"AX-g.jsonl:4: hypothesis differs from the line before"):
+        task.read("AX-g", str(tmp_path))
 
 
 def test_race_original_submission_format(tmp_path):
