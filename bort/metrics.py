@@ -1,8 +1,8 @@
 """Task metrics as the GLUE, SuperGLUE and RACE leaderboards compute them (numpy only).
 
 accuracy, binary F1, Matthews correlation (CoLA), Pearson and Spearman with average ranks for ties (STS-B),
-macro-F1 (CB), AX-g gender parity, MultiRC F1a (binary F1 over all answer options) and exact match (per question), ReCoRD token F1
-and exact match with the official SQuAD-style normalization (max over the gold answers).
+macro-F1 (CB), AX-g gender parity, MultiRC F1a (binary F1 over all answer options) and exact match (per
+question), ReCoRD token F1 and exact match with the official SQuAD-style normalization (max over the gold answers).
 """
 import collections
 import re

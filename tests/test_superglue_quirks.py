@@ -159,7 +159,8 @@ def test_race_one_object_without_trailing_newline(tmp_path):
      r"1.txt: 1 questions, 1 option lists and 2 answers"),
     ({"article": "a", "questions": "q1", "options": [["a", "b", "c", "d"]]},
      r"1.txt: field 'questions' must be a list of strings"),
-    ({"article": 5, "questions": ["q1"], "options": [["a", "b", "c", "d"]]}, r"1.txt: field 'article' must be a string"),
+    ({"article": 5, "questions": ["q1"], "options": [["a", "b", "c", "d"]]},
+     r"1.txt: field 'article' must be a string"),
     ([1, 2], r"1.txt: expected a JSON object"),
 ])
 def test_race_count_mismatch_and_types_are_errors(tmp_path, record, message):
