@@ -4,14 +4,18 @@
     python finetune_bort.py --task_name MRPC --pretrained_parameters model/bort.params --gpu 0
     python finetune_bort.py --task_name MRPC --only_inference --model_parameters output_dir/model_bort_MRPC.params
 
-Flags and defaults are the original's; see the README ('Fine-tuning') and bort/finetune.py.
+Flags and defaults are the original's; see the README ('Fine-tuning'), docs/differences-finetuning.md and
+bort/finetune.py. Every flag of the original's finetune_bort.py parses; its data-location flags
+(--multirc_test_location, --record_test_location, --record_dev_location, --race_dataset_location) are mapped onto
+--data_dir.
 """
 import argparse
 import logging
+import os
 
 import bort  # noqa: F401  (before mxnet)
-from bort.errors import run_cli
-from bort.tasks import task_names
+from bort.errors import BortError, run_cli
+from bort.tasks import get_task, task_names
 from bort.tokenizer import add_tokenizer_args, tokenizer_from_args
 
 
@@ -45,8 +49,9 @@ def get_parser():
     p.add_argument("--gpu", type=int, default=None, help="GPU to use; 999 or unset: CPU")
     p.add_argument("--accumulate", type=int, default=None, help="batches per update (gradient accumulation)")
     p.add_argument("--log_interval", type=int, default=10, help="steps between training log records")
-    p.add_argument("--no_distributed", action="store_true",
-                   help="do not use Horovod even when launched by horovodrun")
+    p.add_argument("--no_distributed", nargs="?", const=True, default=False, type=parse_bool,
+                   help="do not use Horovod even when launched by horovodrun (the original's form "
+                        "'--no_distributed True' works too)")
     p.add_argument("--model_config", default="bort_4_8_768_1024",
                    help="architecture when the parameter file has no JSON beside it (or with "
                         "--pretrained_parameters none)")
@@ -57,14 +62,76 @@ def get_parser():
     p.add_argument("--only_inference", action="store_true", help="skip training: evaluate dev, predict test")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--early_stop", type=int, default=None, help="epochs without dev improvement before stopping")
+    p.add_argument("--cb_expansion", action="store_true",
+                   help="CB: shorten texts of more than three sentences to their last four pieces, as the original "
+                        "always did (its CBExpansion); default: keep them whole (see docs/differences-finetuning.md)")
+    p.add_argument("--race_submission_format", default="json", choices=["json", "original"],
+                   help="RACE test predictions: 'json' writes <TASK>.json {question id: letter}; 'original' writes "
+                        "the original's RACE-M.txt / RACE-H.txt (each test article as one JSON line with 'answers' "
+                        "replaced by the predicted letters)")
+    original = p.add_argument_group("flags of the original kept so that its command lines run")
+    original.add_argument("--momentum", type=float, default=0.9,
+                          help="accepted and unused, as in the original (BERTAdam has no momentum term)")
+    original.add_argument("--use_scheduler", default=True, type=parse_bool,
+                          help="accepted; the warmup/decay schedule is always used, as in the original (whose "
+                               "type=bool read every value, 'False' included, as true)")
+    for flag, what in (("multirc_test_location", "MultiRC's test.jsonl"),
+                       ("record_test_location", "ReCoRD's test.jsonl"),
+                       ("record_dev_location", "ReCoRD's val.jsonl"),
+                       ("race_dataset_location", "the RACE directory (train/, dev/, test/)")):
+        original.add_argument(f"--{flag}", default=None,
+                              help=f"{what}; mapped onto --data_dir (the file's directory; it must agree with "
+                                   f"--data_dir when both are given); ignored for other tasks")
     add_tokenizer_args(p, dataset_name="openwebtext_ccnews_stories_books_cased")
     p.add_argument("--dataset", dest="dataset_name", default=argparse.SUPPRESS,
                    help="the original's name for --dataset_name")
     return p
 
 
+def parse_bool(value):
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+# The original's data-location flags: (flag, tasks it applies to, file name expected; None for a directory).
+LOCATION_FLAGS = [("multirc_test_location", ("MultiRC",), "test.jsonl"),
+                  ("record_test_location", ("ReCoRD",), "test.jsonl"),
+                  ("record_dev_location", ("ReCoRD",), "val.jsonl"),
+                  ("race_dataset_location", ("RACE", "RACE-M", "RACE-H"), None)]
+
+
+def apply_location_flags(args):
+    """Map the original's --*_location flags onto --data_dir (all of a task's files live in one directory)."""
+    task = get_task(args.task_name).name
+    for flag, tasks, filename in LOCATION_FLAGS:
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if task not in tasks:
+            logging.warning("--%s applies to %s only; ignored for %s", flag, " and ".join(tasks), task)
+            continue
+        value = os.path.expanduser(value)
+        if filename is None:
+            folder = value
+        elif os.path.basename(value) != filename:
+            raise BortError(f"--{flag} {value}: expected a file named {filename} (all of {task}'s files are read from "
+                            f"one directory; pass --data_dir DIR with train.jsonl, val.jsonl, test.jsonl)")
+        else:
+            folder = os.path.dirname(value) or "."
+        if args.data_dir and os.path.realpath(os.path.expanduser(args.data_dir)) != os.path.realpath(folder):
+            raise BortError(f"--{flag} {value}: its directory {folder} differs from --data_dir {args.data_dir}; "
+                            f"all of {task}'s files are read from one directory")
+        args.data_dir = folder
+    return args
+
+
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    args = apply_location_flags(get_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     from bort.finetune import check_model_files, run

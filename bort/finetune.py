@@ -21,7 +21,7 @@ from .heads import TaskModel
 from .io import JsonlLogger, read_json, write_json
 from .model import get_config
 from .precision import choose_context
-from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score
+from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score, read_options, submission_options
 from .training import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
                        launched_by_horovodrun, set_seed, step_seed, trainable_parameters)
 
@@ -183,20 +183,21 @@ class Data:
 
     def __init__(self, task, args, tokenizer, train):
         data_dir = args.data_dir
+        options = read_options(args)
         self.train = self.dev = None
         if train:
-            examples = task.read(task.train_segment, data_dir)
+            examples = task.read(task.train_segment, data_dir, **options)
             self.train = (examples, task.encode(examples, tokenizer, args.max_len, train=True))
             if not any(inst.target is not None for inst in self.train[1]):
                 raise BortError(f"{examples[0]['where'].split(':')[0]}: training data has no labels")
         self.dev = {}
         for segment in task.dev_segments:
-            examples = task.read(segment, data_dir)
+            examples = task.read(segment, data_dir, **options)
             self.dev[segment] = (examples, task.encode(examples, tokenizer, args.max_len))
         self.test = {}
         for segment, _ in task.test_segments:
             try:
-                examples = task.read(segment, data_dir)
+                examples = task.read(segment, data_dir, **options)
             except BortError as err:
                 if train and "not found" in str(err):  # training without a test file: no submission
                     log.warning("no test predictions: %s", err)
@@ -287,7 +288,7 @@ def run(args, tokenizer):
         outputs = predict_outputs(target, model, instances, tokenizer.pad_id, args.dev_batch_size, ctx,
                                   args.dtype, progress=True)
         preds = target.predict(examples, instances, outputs)
-        path = target.write_submission(preds, examples, args.output_dir, segment)
+        path = target.write_submission(preds, examples, args.output_dir, segment, **submission_options(args))
         result["submissions"].append(path)
         metrics = target.metrics(preds, target.gold(examples))
         if metrics:  # AX-b / AX-g ship labels

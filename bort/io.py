@@ -1,4 +1,9 @@
-"""Atomic file output: write to a temporary name beside the target, rename when complete."""
+"""File input and output shared by every reader and writer.
+
+Input: `read_text`, `read_lines`, `read_json`, `read_jsonl` decode UTF-8 and drop a leading byte-order mark (the
+released MRPC files and files saved by Windows editors start with one), with one-line errors naming the file.
+Output: `atomic_write` / `atomic_path` write to a temporary name beside the target and rename when complete.
+"""
 import contextlib
 import json
 import os
@@ -41,29 +46,51 @@ def atomic_write(path, mode="w", encoding="utf-8"):
             yield handle
 
 
-def read_json(path, what="JSON"):
-    """Parse a JSON file; a missing file or invalid JSON is a one-line BortError naming the file and line."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise BortError(f"{path}: file not found (expected {what})") from None
-    except UnicodeDecodeError as err:
-        raise BortError(f"{path}: not valid UTF-8 at byte {err.start} (expected {what})") from None
-    except json.JSONDecodeError as err:
-        raise BortError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected {what}") from None
+UTF8_BOM = "\ufeff"
 
 
-def read_lines(path):
-    """(line number from 1, text without the newline) for each line; one-line errors for bad encodings."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+def strip_bom(text):
+    """`text` without a leading UTF-8 byte-order mark."""
+    return text[1:] if text.startswith(UTF8_BOM) else text
+
+
+def decode_utf8(data, path, what="UTF-8 text"):
+    """Bytes of a user file -> text without a leading BOM; invalid UTF-8 is a one-line error with the line."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
-        raise BortError(f"{path}:{line}: expected UTF-8 text") from None
-    lines = text.split("\n")
+        raise BortError(f"{path}:{line}: not valid UTF-8 (byte {err.start}); expected {what}") from None
+    return strip_bom(text)
+
+
+def read_text(path, what="UTF-8 text"):
+    """The whole file as text (leading BOM dropped); missing or unreadable files are one-line errors."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise BortError(f"{path}: file not found (expected {what})") from None
+    except IsADirectoryError:
+        raise BortError(f"{path}: is a directory (expected {what})") from None
+    except OSError as err:
+        raise BortError(f"{path}: cannot read ({err.strerror}; expected {what})") from None
+    return decode_utf8(data, path, what)
+
+
+def read_json(path, what="JSON"):
+    """Parse a JSON file; a missing file or invalid JSON is a one-line BortError naming the file and line."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise BortError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected {what}") from None
+
+
+def read_lines(path, what="UTF-8 text"):
+    """(line number from 1, text without the newline) for each line; a final line without newline is kept."""
+    lines = read_text(path, what).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [(number, line.rstrip("\r")) for number, line in enumerate(lines, 1)]

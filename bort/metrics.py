@@ -1,8 +1,8 @@
 """Task metrics as the GLUE, SuperGLUE and RACE leaderboards compute them (numpy only).
 
 accuracy, binary F1, Matthews correlation (CoLA), Pearson and Spearman with average ranks for ties (STS-B),
-macro-F1 (CB), MultiRC F1a (binary F1 over all answer options) and exact match (per question), ReCoRD token F1
-and exact match with the official SQuAD-style normalization (max over the gold answers).
+macro-F1 (CB), AX-g gender parity, MultiRC F1a (binary F1 over all answer options) and exact match (per
+question), ReCoRD token F1 and exact match with the official SQuAD-style normalization (max over the gold answers).
 """
 import collections
 import re
@@ -72,11 +72,23 @@ def macro_f1(preds, labels, num_classes=None):
 
 
 def multirc_scores(preds, labels):
-    """preds, labels: one list of 0/1 answer labels per question. Returns (F1a, EM)."""
+    """preds, labels: one list of 0/1 answer labels per question. Returns (F1a, EM); a question without answer
+    options is never an exact match."""
     flat_p = [p for question in preds for p in question]
     flat_l = [l for question in labels for l in question]
-    em = np.mean([list(p) == list(l) for p, l in zip(preds, labels)]) if labels else 0.0
+    em = np.mean([bool(l) and list(p) == list(l) for p, l in zip(preds, labels)]) if labels else 0.0
     return f1(flat_p, flat_l), float(em)
+
+
+def gender_parity(preds):
+    """AX-g's gender parity: the share of minimal pairs with the same prediction. A pair is two consecutive
+    examples in file order (idx 2i and 2i+1: one premise with the pronoun's gender switched), as the SuperGLUE
+    toolkit compares them; the released pair_id differs within a pair, so it cannot group them."""
+    preds = list(preds)
+    if len(preds) % 2:
+        raise ValueError(f"gender parity needs pairs of predictions, got {len(preds)}")
+    pairs = [(preds[i], preds[i + 1]) for i in range(0, len(preds), 2)]
+    return float(np.mean([a == b for a, b in pairs])) if pairs else 0.0
 
 
 def normalize_answer(text):

@@ -6,15 +6,17 @@ API (used by finetune_bort.py, scripts/agora.py and prediction scripts):
     examples = task.read("dev", data_dir)          # segment names: task.train_segment, task.dev_segments,
                                                    # task.test_segments (segment -> submission file name)
     instances = task.encode(examples, tokenizer, max_len, train=False)
-    model = build_task_model(task, config, dropout)            # bort.heads.TaskModel: encoder + task head
-    outputs = predict_outputs(task, model, instances, ...)     # raw scores, one row per instance
-    preds = task.predict(examples, instances, outputs)         # one prediction per example
-    task.metrics(preds, task.gold(examples))                   # {"accuracy": ..., ...}; task.main_metric names one
+    preds = task.predict(examples, instances, outputs)         # outputs: one row of scores per instance
+    metrics = task.metrics(preds, task.gold(examples))         # {"accuracy": ..., ...}: every metric of the task
+    official_score(task, metrics)                              # the leaderboard's number; model selection uses it
     task.write_submission(preds, examples, out_dir, segment)   # leaderboard file; returns its path
-    model = load_task_checkpoint(path, task, ctx)              # one-line error for another task's checkpoint
+
+The registry only describes tasks; models, checkpoints and prediction are bort.finetune's (`build_task_model`,
+`load_task_checkpoint`, `predict_outputs`), which uses this module, never the reverse.
 
 Encoding follows the original Bort fine-tuning: `<s> A </s>` for one text and `<s> A </s> B </s>` for a pair
-(one separator, as its `concat_sequences`), both texts truncated to equal shares of `max_len`. Kinds of task:
+(one separator, as its `concat_sequences`), both texts truncated to equal shares of `max_len` (bort/encoding.py).
+Kinds of task:
 
 - classify / regress: one sequence per example (STS-B: one output, L2 loss).
 - choice (COPA, RACE): one sequence per option, one score each, softmax over the options. COPA's option is
@@ -37,6 +39,7 @@ from data.superglue import SUPERGLUE_DIRS, read_superglue
 
 from . import metrics as M
 from .errors import BortError
+from .encoding import SequenceEncoder, truncate_equal  # noqa: F401  (part of this module's API)
 from .io import atomic_write
 
 CLASSIFY, REGRESS, CHOICE, ANSWERS, ENTITIES = "classify", "regress", "choice", "answers", "entities"
@@ -61,8 +64,8 @@ class Task:
     output_labels: tuple = ()  # label strings written to the leaderboard file, same order (default: labels)
     num_spans: int = 0
     num_choices: int = 0
-    main_metric: str = "accuracy"
-    metric_names: tuple = ("accuracy",)
+    metric_names: tuple = ("accuracy",)  # every metric computed and logged
+    score_metrics: tuple = ("accuracy",)  # the official score is their mean (see official_score)
     dev_segments: tuple = ("dev",)
     test_segments: tuple = (("test", None),)  # (segment, submission file stem)
     model_task: str = None  # diagnostics are predicted with this task's checkpoint
@@ -82,14 +85,21 @@ class Task:
         return "race"
 
     def default_data_dir(self):
-        return race_dir() if self.benchmark == "race" else default_data_dir(self.default_dirname)
+        if self.benchmark == "race":
+            return race_dir()
+        names = [self.default_dirname] + list(LEGACY_DIRS.get(self.name, ()))
+        for name in names:  # the original's directory name first, then this project's earlier one
+            if os.path.isdir(default_data_dir(name)):
+                return default_data_dir(name)
+        return default_data_dir(names[0])
 
-    def read(self, segment, data_dir=None):
+    def read(self, segment, data_dir=None, cb_expansion=False):
+        """Examples of `segment`; `cb_expansion` shortens long CB texts as the original did (--cb_expansion)."""
         data_dir = os.path.expanduser(data_dir or self.default_data_dir())
         if self.benchmark == "glue":
             examples = read_glue(self.name, segment, data_dir)
         elif self.benchmark == "superglue":
-            examples = read_superglue(self.name, segment, data_dir)
+            examples = read_superglue(self.name, segment, data_dir, cb_expansion=cb_expansion)
         else:
             examples = read_race(self.name, segment, data_dir)
         return examples
@@ -206,6 +216,8 @@ class Task:
             out["mcc"] = M.matthews_corr(preds, labels)
         if "macro_f1" in self.metric_names:
             out["macro_f1"] = M.macro_f1(preds, labels, num_classes=len(self.labels))
+        if "gender_parity" in self.metric_names:
+            out["gender_parity"] = M.gender_parity(preds)
         return out
 
     def submission_name(self, segment):
@@ -221,8 +233,11 @@ class Task:
         names = self.output_labels or self.labels
         return names[pred]
 
-    def write_submission(self, preds, examples, out_dir, segment="test"):
-        """Write the leaderboard file for `segment` atomically; returns its path."""
+    def write_submission(self, preds, examples, out_dir, segment="test", race_format="json"):
+        """Write the leaderboard file for `segment` atomically; returns its path (RACE with
+        race_format="original": the original's RACE-H.txt / RACE-M.txt, see write_race_original; the last path)."""
+        if self.benchmark == "race" and race_format == "original":
+            return write_race_original(preds, examples, out_dir)[-1]
         path = os.path.join(out_dir, self.submission_name(segment))
         with atomic_write(path) as handle:
             if self.benchmark == "glue":
@@ -248,6 +263,30 @@ class Task:
         return path
 
 
+def write_race_original(preds, examples, out_dir):
+    """The original Bort's RACE output: per level, `RACE-H.txt` / `RACE-M.txt` with each test article as one
+    JSON line (id, article, questions, options) and `answers` replaced by the predicted letters."""
+    articles = {}
+    for ex, pred in zip(examples, preds):
+        key = (ex["level"], ex["where"])
+        article = articles.setdefault(key, {"answers": [], "options": [], "questions": [], "article": ex["text_a"],
+                                            "id": ex["file_id"]})
+        article["answers"].append(LETTERS[pred])
+        article["options"].append(ex["choices"])
+        article["questions"].append(ex["question"])
+    paths = []
+    for level, stem in (("middle", "RACE-M"), ("high", "RACE-H")):
+        records = [a for (lev, _), a in articles.items() if lev == level]
+        if not records:
+            continue
+        path = os.path.join(out_dir, f"{stem}.txt")
+        with atomic_write(path) as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+        paths.append(path)
+    return paths
+
+
 def nest_multirc(preds, examples):
     """MultiRC's nested submission: one line per passage, its questions and their answers' 0/1 labels."""
     passages = {}
@@ -270,76 +309,6 @@ def semi_balanced(rows):
     return out
 
 
-def truncate_equal(lengths, budget):
-    """Lengths after truncating sequences to equal shares of `budget` (short ones kept whole), as the original."""
-    lengths = list(lengths)
-    if sum(lengths) <= budget:
-        return lengths
-    result, remaining = list(lengths), list(range(len(lengths)))
-    while remaining:
-        share, extra = divmod(budget, len(remaining))
-        shortest = min(remaining, key=lambda i: lengths[i])
-        if lengths[shortest] <= share:
-            remaining.remove(shortest)
-            budget -= lengths[shortest]
-            continue
-        for rank, i in enumerate(remaining):
-            result[i] = share + 1 if rank < extra else share
-        break
-    return result
-
-
-class SequenceEncoder:
-    """Text (pair) -> token ids with <s> ... </s> [B </s>], spans given as (text number, char start, char end)."""
-
-    def __init__(self, tokenizer, max_len):
-        self.tokenizer = tokenizer
-        self.max_len = max_len
-
-    def tokenize(self, text, char_spans=()):
-        """ids and the token [start, end) of each character span; the text is split at the span boundaries
-        (whitespace before a span stays with it, as the byte-level BPE attaches it to the next word)."""
-        cuts = set()
-        for start, end in char_spans:
-            while start > 0 and text[start - 1].isspace():
-                start -= 1
-            cuts.update((start, end))
-        cuts = sorted(c for c in cuts if 0 < c < len(text))
-        ids, offsets, previous = [], {0: 0}, 0
-        for cut in cuts + [len(text)]:
-            ids += self.tokenizer.encode(text[previous:cut]) if cut > previous else []
-            offsets[cut] = len(ids)
-            previous = cut
-        token_spans = []
-        for start, end in char_spans:
-            while start > 0 and text[start - 1].isspace():
-                start -= 1
-            token_spans.append((offsets.get(start, 0), offsets.get(end, len(ids))))
-        return ids, token_spans
-
-    def __call__(self, text_a, text_b=None, spans=()):
-        parts = [text_a] + ([text_b] if text_b is not None else [])
-        tokenized = [self.tokenize(text, [(s, e) for which, s, e in spans if which == j])
-                     for j, text in enumerate(parts)]
-        budget = self.max_len - (3 if text_b is not None else 2)
-        keep = truncate_equal([len(ids) for ids, _ in tokenized], budget)
-        tok = self.tokenizer
-        ids, offsets = [tok.bos_id], []
-        for (part, _), n in zip(tokenized, keep):
-            offsets.append(len(ids))
-            ids += part[:n] + [tok.eos_id]
-        token_spans, counters = [], [0] * len(parts)
-        for which, _, _ in spans:
-            start, end = tokenized[which][1][counters[which]]
-            counters[which] += 1
-            limit = keep[which]
-            start, end = min(start, limit), min(end, limit)
-            if end <= start:  # truncated away or empty: fall back to the first token
-                start, end = -offsets[which], 1 - offsets[which]
-            token_spans.append((offsets[which] + start, offsets[which] + end))
-        return ids, token_spans
-
-
 def _glue(name, kind=CLASSIFY, labels=("0", "1"), **kw):
     return Task(name, "glue", kind, labels=labels, **kw)
 
@@ -351,34 +320,38 @@ def _superglue(name, kind=CLASSIFY, labels=("false", "true"), **kw):
 ENTAIL2 = ("not_entailment", "entailment")
 NLI3 = ("neutral", "entailment", "contradiction")
 TASKS = {t.name: t for t in [
-    _glue("CoLA", main_metric="mcc", metric_names=("accuracy", "mcc")),
+    _glue("CoLA", metric_names=("accuracy", "mcc"), score_metrics=("mcc",)),
     _glue("SST-2", aliases=("SST",)),
-    _glue("MRPC", main_metric="f1", metric_names=("accuracy", "f1")),
-    _glue("STS-B", kind=REGRESS, labels=(), main_metric="pearson", metric_names=("pearson", "spearman")),
-    _glue("QQP", main_metric="f1", metric_names=("accuracy", "f1")),
+    _glue("MRPC", metric_names=("accuracy", "f1"), score_metrics=("f1", "accuracy")),
+    _glue("STS-B", kind=REGRESS, labels=(), metric_names=("pearson", "spearman"),
+          score_metrics=("pearson", "spearman")),
+    _glue("QQP", metric_names=("accuracy", "f1"), score_metrics=("f1", "accuracy")),
     _glue("MNLI", labels=NLI3, dev_segments=("dev_matched", "dev_mismatched"),
           test_segments=(("test_matched", "MNLI-m"), ("test_mismatched", "MNLI-mm"))),
     _glue("QNLI", labels=ENTAIL2),
     _glue("RTE", labels=ENTAIL2),
     _glue("WNLI"),
-    _glue("AX", labels=NLI3, dev_segments=(), test_segments=(("diagnostic", "AX"),), model_task="MNLI"),
+    _glue("AX", labels=NLI3, metric_names=("accuracy", "mcc"), score_metrics=("mcc",), dev_segments=(),
+          test_segments=(("diagnostic", "AX"),), model_task="MNLI"),
     _superglue("BoolQ"),
-    _superglue("CB", labels=NLI3, metric_names=("accuracy", "macro_f1")),
+    _superglue("CB", labels=NLI3, metric_names=("accuracy", "macro_f1"), score_metrics=("accuracy", "macro_f1")),
     _superglue("COPA", kind=CHOICE, labels=(), num_choices=2),
-    _superglue("MultiRC", kind=ANSWERS, labels=(), main_metric="f1a", metric_names=("f1a", "em")),
-    _superglue("ReCoRD", kind=ENTITIES, labels=(), main_metric="f1", metric_names=("f1", "em")),
+    _superglue("MultiRC", kind=ANSWERS, labels=(), metric_names=("f1a", "em"), score_metrics=("f1a", "em")),
+    _superglue("ReCoRD", kind=ENTITIES, labels=(), metric_names=("f1", "em"), score_metrics=("f1", "em")),
     _superglue("SuperGLUE-RTE", labels=ENTAIL2, test_segments=(("test", "RTE"),), aliases=("SuperGLUERTE",)),
     _superglue("WiC", num_spans=2),
     _superglue("WSC", num_spans=2, output_labels=("False", "True")),
-    _superglue("AX-b", labels=ENTAIL2, main_metric="mcc", metric_names=("accuracy", "mcc"), dev_segments=(),
-               test_segments=(("AX-b", "AX-b"),), model_task="SuperGLUE-RTE", aliases=("AXb",)),
-    _superglue("AX-g", labels=ENTAIL2, dev_segments=(), test_segments=(("AX-g", "AX-g"),),
-               model_task="SuperGLUE-RTE", aliases=("AXg",)),
+    _superglue("AX-b", labels=ENTAIL2, metric_names=("accuracy", "mcc"), score_metrics=("mcc",), dev_segments=(),
+               test_segments=(("AX-b", "AX-b"),), model_task="SuperGLUE-RTE", aliases=("AXb", "superglue_ax_b")),
+    _superglue("AX-g", labels=ENTAIL2, metric_names=("accuracy", "gender_parity"), dev_segments=(),
+               test_segments=(("AX-g", "AX-g"),), model_task="SuperGLUE-RTE", aliases=("AXg", "superglue_ax_g")),
     Task("RACE-M", "race", CHOICE, num_choices=4, aliases=("RACE-middle",)),
     Task("RACE-H", "race", CHOICE, num_choices=4, aliases=("RACE-high",)),
     Task("RACE", "race", CHOICE, num_choices=4, aliases=("RACE-all",)),
 ]}
 ALIASES = {alias: t.name for t in TASKS.values() for alias in t.aliases}
+# Earlier default directories under $MXNET_HOME/datasets, still found (the original's names come first).
+LEGACY_DIRS = {"AX-b": ("superglue_axb",), "AX-g": ("superglue_axg",)}
 # Diagnostics written after the test files of the task whose model predicts them.
 DIAGNOSTICS = {"MNLI": ("AX",), "SuperGLUE-RTE": ("AX-b", "AX-g")}
 
@@ -394,23 +367,29 @@ def get_task(name):
     return TASKS[name]
 
 
+def official_score(task, metrics):
+    """The leaderboard's score of one segment's metrics: the mean of the task's official metrics (MRPC and QQP:
+    F1 and accuracy; STS-B: Pearson and Spearman; CB: accuracy and macro-F1; MultiRC: F1a and EM; ReCoRD: F1 and
+    EM; CoLA, AX, AX-b: Matthews correlation; the others: accuracy). NaN when one of them is missing."""
+    task = task if isinstance(task, Task) else get_task(task)
+    if not all(name in metrics for name in task.score_metrics):
+        return float("nan")
+    return float(np.mean([metrics[name] for name in task.score_metrics]))
+
+
 def main_score(task, metrics_by_segment):
-    """The number model selection maximizes: the main metric, averaged over dev segments (MNLI m/mm)."""
-    values = [m[task.main_metric] for m in metrics_by_segment.values() if task.main_metric in m]
+    """The number model selection (and the Agora grid, through result.json's "score") maximizes: the official
+    score, averaged over the dev segments (MNLI matched and mismatched)."""
+    values = [official_score(task, m) for m in metrics_by_segment.values()]
+    values = [v for v in values if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
 
 
-# Model-side helpers live in bort.finetune (they import mxnet); re-exported here for one entry point.
-def build_task_model(*args, **kwargs):
-    from .finetune import build_task_model as build
-    return build(*args, **kwargs)
+def read_options(args):
+    """Keyword arguments of `Task.read` from fine-tuning flags (finetune_bort.py --cb_expansion)."""
+    return {"cb_expansion": bool(getattr(args, "cb_expansion", False))}
 
 
-def load_task_checkpoint(*args, **kwargs):
-    from .finetune import load_task_checkpoint as load
-    return load(*args, **kwargs)
-
-
-def predict_outputs(*args, **kwargs):
-    from .finetune import predict_outputs as run
-    return run(*args, **kwargs)
+def submission_options(args):
+    """Keyword arguments of `Task.write_submission` from fine-tuning flags (--race_submission_format)."""
+    return {"race_format": getattr(args, "race_submission_format", None) or "json"}

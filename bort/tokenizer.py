@@ -24,6 +24,7 @@ import re
 import sys
 
 from .errors import BortError, run_cli
+from .io import strip_bom
 
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 SPECIAL_NAMES = ("bos", "pad", "eos", "unk", "mask")  # in the order of ROBERTA_SPECIALS
@@ -77,7 +78,7 @@ def _read_text(path, what):
         raise BortError(f"{path}: file not found (expected {what})")
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
+            return strip_bom(handle.read())  # vocabularies saved by Windows editors start with a BOM
     except UnicodeDecodeError as err:
         raise BortError(f"{path}: not valid UTF-8 at byte {err.start} (expected {what})") from None
     except OSError as err:

@@ -4,10 +4,18 @@
 the row number from 0), `text_a`, `text_b` (pair tasks), `label` (the raw label string or float; None on test)
 and `where` ("file:line", for error messages).
 
-Quirks handled: CoLA's train/dev files have no header (source, label, original mark, sentence); MNLI's files have
-extra columns (label1..label5, parses) and the dev/test files come as matched and mismatched; QQP's train/dev
-contain malformed rows (too few fields), skipped with a count; fields are never quoted (quote characters are
-literal), so rows are split on tabs, not parsed as CSV.
+Quirks of the released files handled here (tests/test_glue_quirks.py reproduces each one):
+- MRPC's train/dev files start with a UTF-8 byte-order mark (dropped by bort.io).
+- CoLA's train/dev files have no header (source, label, original mark, sentence) and an empty third column.
+- SST-2's train/dev sentences end in a space, its test sentences do not: text fields are stripped, so that
+  train and test encode alike (GPT-2 BPE would otherwise give the training sentences an extra final token).
+- STS-B: ids zero-padded in `old_index`, scores written `5.000`; MNLI: 12, 16 and 10 columns in train, dev and
+  test (columns are found by header name); test files have no label column.
+- Fields are never quoted: quote characters are literal, often unbalanced (`"` opening a field that never
+  closes), so rows are split on tabs, never parsed as CSV.
+- The last line may lack its newline (CoLA dev, the diagnostic file).
+- QQP's train/dev contain malformed rows (a question broken over lines): skipped with a count. Elsewhere a row
+  with fewer or more fields than the header is an error naming the line.
 """
 import logging
 import os
@@ -85,22 +93,23 @@ def read_glue(task, segment, data_dir):
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) < width or (task == "QQP" and len(fields) != len(header)):
+        if len(fields) < width or len(fields) > len(header) or (task == "QQP" and len(fields) != len(header)):
             if task == "QQP":  # known malformed rows of the QQP release
                 skipped += 1
                 continue
-            raise BortError(f"{path}:{number}: expected {len(header)} tab-separated fields, found {len(fields)}")
-        example = {"idx": len(examples), "text_a": fields[columns[col_a]], "where": f"{path}:{number}",
+            raise BortError(f"{path}:{number}: expected {len(header)} tab-separated fields "
+                            f"({', '.join(header)}), found {len(fields)}")
+        example = {"idx": len(examples), "text_a": fields[columns[col_a]].strip(), "where": f"{path}:{number}",
                    "label": None}
         if col_b:
-            example["text_b"] = fields[columns[col_b]]
+            example["text_b"] = fields[columns[col_b]].strip()
         if is_test and index_col is not None:
             try:
                 example["idx"] = int(fields[index_col])
             except ValueError:
                 raise BortError(f"{path}:{number}: expected an integer index, found {fields[index_col]!r}") from None
         if not is_test:
-            example["label"] = fields[columns[col_label]]
+            example["label"] = fields[columns[col_label]].strip()
         examples.append(example)
     if skipped:
         logging.warning("%s: skipped %d malformed rows", path, skipped)

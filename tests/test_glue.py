@@ -39,7 +39,7 @@ def test_bad_files(tmp_path):
     with pytest.raises(BortError, match="dev.tsv: empty file"):
         read_glue("RTE", "dev", str(tmp_path))
     (tmp_path / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tonly\n")
-    with pytest.raises(BortError, match=r"train.tsv:3: expected 4 tab-separated fields, found 2"):
+    with pytest.raises(BortError, match=r"train.tsv:3: expected 4 tab-separated fields \(index, sentence1, sentence2, label\), found 2"):
         read_glue("RTE", "train", str(tmp_path))
     with pytest.raises(BortError, match="data directory not found"):
         read_glue("RTE", "train", str(tmp_path / "missing"))

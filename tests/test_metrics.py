@@ -30,3 +30,11 @@ def test_record_normalization_f1_em():
     assert M.token_f1("the river bridge", "River Bridge opens") == pytest.approx(0.8)
     f1, em = M.record_scores(["Harbor Town", "Summer"], [["harbor town", "x"], ["Winter"]])
     assert f1 == pytest.approx(0.5) and em == pytest.approx(0.5)
+
+
+def test_gender_parity_and_multirc_empty_question():
+    assert M.gender_parity([1, 1, 0, 1, 0, 0, 1, 1]) == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        M.gender_parity([1, 0, 1])
+    # a question without answer options is no exact match (it used to count as one)
+    assert M.multirc_scores([[1], []], [[1], []])[1] == pytest.approx(0.5)

@@ -19,5 +19,5 @@ def test_errors(tmp_path):
     folder.mkdir(parents=True)
     (folder / "1.txt").write_text('{"article": "a", "questions": ["q"], "options": [["a","b","c","d"]], '
                                   '"answers": ["E"]}')
-    with pytest.raises(BortError, match=r"1.txt:1: answer 0 must be one of A, B, C, D"):
+    with pytest.raises(BortError, match=r"1.txt: answer 0 must be one of A, B, C, D"):
         read_race("RACE-H", "train", str(tmp_path))
