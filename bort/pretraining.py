@@ -39,6 +39,8 @@ from .distill import DistillationLoss, load_teacher, prediction_counts
 from .errors import BortError
 from .io import JsonlLogger, write_json
 from .model import build_model, get_config
+from .profiling import StepProfiler
+from .store import resume_original, student_params_path
 from .training import (Distributed, DynamicLossScaler, GradientStep, LinearWarmupDecay, create_trainer, set_seed,
                        step_seed, trainable_parameters)
 
@@ -58,6 +60,10 @@ class PretrainConfig:
     student_params: str = None
     teacher_model: str = "roberta_24_1024_16"
     teacher_ckpt_dir: str = None
+    random_teacher: bool = False  # no checkpoint: random teacher instead of gluon-nlp's pretrained one (tests)
+    dataset_name: str = None  # gluon-nlp store dataset of the pretrained teacher (None: bort.store.STORE_DATASET)
+    pretrained: bool = False  # student starts from the released Bort (model/bort.params) unless student_params
+    profile: str = None  # MXNet profiler trace of steps 10-13 (bort.profiling)
     teacher_ce_weight: float = 0.5
     distillation_temperature: float = 2.0
     mlm_weight: float = 0.1
@@ -277,7 +283,10 @@ def materialize(model):
 
 
 def build_student(config, vocab_size, ctx):
-    model_config = get_config(config.model, vocab_size=vocab_size, dropout=config.dropout)
+    model_config = get_config(config.model, vocab_size=vocab_size, dropout=config.dropout,
+                              embed_dropout=config.dropout)
+    config = dataclasses.replace(config, student_params=student_params_path(config.student_params,
+                                                                            config.pretrained))
     if config.student_params:
         model_config = read_config(config.student_params, model_config)
         if model_config.vocab_size != vocab_size:
@@ -297,7 +306,8 @@ def build_teacher(config, vocab_size, ctx, dtype):
             raise BortError("--teacher_model none: no teacher, so --teacher_ce_weight must be 0")
         return None
     teacher = load_teacher(spec, config=config.teacher_model, ctx=ctx, dtype=dtype,
-                           vocab_size=vocab_size if spec is None else None)
+                           vocab_size=vocab_size if spec is None else None, random_init=config.random_teacher,
+                           dataset_name=config.dataset_name)
     teacher.check_student(get_config(config.model, vocab_size=vocab_size), source=spec or config.teacher_model)
     return teacher
 
@@ -500,8 +510,11 @@ def pretrain(config, dist=None):
     loss_fn = DistillationLoss(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
                                legacy=config.legacy_kd_loss)
 
-    start_step, positions = resolve_start_step(config.ckpt_dir, config.start_step), None
-    if start_step:
+    # The original's layout (checkpoint_N/NNNNNNN.params + pickled .states.NN): see bort.store.
+    original = resume_original(config, dist, student, trainer, params, model_config,
+                               complete_checkpoints(config.ckpt_dir))
+    start_step, positions = original or resolve_start_step(config.ckpt_dir, config.start_step), None
+    if start_step and not original:
         prefix = checkpoint_prefix(config.ckpt_dir, start_step)
         load_parameters(student, prefix + ".params")
         _ensure_trainer_ready(trainer)
@@ -527,12 +540,14 @@ def pretrain(config, dist=None):
         log.info("effective batch = %d %s x %d accumulate x %d workers", config.batch_size,
                  "tokens" if config.use_avg_len else "sequences", config.accumulate, dist.size)
     progress = _progress(config, dist, start_step)
+    profiler = StepProfiler(config.profile, config.num_steps, dist.rank, dist.size)
     totals, last_train, last_eval = Totals(), None, None
     step, window_start, window_steps = start_step, time.time(), 0
     data_time = 0.0
     try:
         while step < config.num_steps:
             step += 1
+            profiler.step_started(step)
             t0 = time.time()
             micro_batches = data.next_step()
             data_time += time.time() - t0
@@ -549,6 +564,7 @@ def pretrain(config, dist=None):
             if config.accumulate > 1:
                 stepper.zero_grad()
             window_steps += 1
+            profiler.step_finished(step)
             if progress:
                 progress.update(1)
 
