@@ -5,7 +5,7 @@
 #
 # <train data>/<test data>: shard files, globs or directories (create_pretraining_data.py output).
 # [teacher ckpt]: a .params file, a directory with one .params file, or a local HF RoBERTa directory;
-#                 without it the teacher is randomly initialized (only sensible for tests).
+#                 without it, gluon-nlp's pretrained roberta_24_1024_16 from $MXNET_HOME/models (as the original).
 # Extra flags after the positional arguments go to run_pretraining_distillation_hvd.py and override the
 # defaults below (e.g. --num_steps 1000 --ckpt_dir out/).
 #

@@ -122,20 +122,25 @@ def read_original_states(path, allow_pickle=False):
 
 
 def original_parameter_order(config):
-    """Structural names (word_embed.0.weight, ...) in the order the original's trainer numbered its parameters:
-    the order of `collect_params()` of gluon-nlp's BERTModel, which the original BortModel subclasses."""
+    """Structural names (word_embed.0.weight, ...) in the order the original's trainer numbered its parameters.
+
+    MXNet's Trainer sorts a ParameterDict by full parameter name; the original built the encoder first
+    (`bertencoder0_*`) and then its BortModel, a gluon-nlp BERTModel subclass (`bortmodel0_*`)."""
     import bort  # noqa: F401,PLC0415
     from gluonnlp.model import BERTEncoder, BERTModel  # noqa: PLC0415
 
     encoder = BERTEncoder(num_layers=config.num_layers, units=config.units, hidden_size=config.hidden_size,
                           max_length=config.max_length, num_heads=config.num_heads, dropout=config.dropout,
-                          layer_norm_eps=config.layer_norm_eps, activation=config.activation)
+                          layer_norm_eps=config.layer_norm_eps, activation=config.activation,
+                          prefix="bertencoder0_")
     model = BERTModel(encoder, vocab_size=config.vocab_size, units=config.units, embed_size=config.embed_size,
-                      use_pooler=False, use_decoder=True, use_classifier=False, use_token_type_embed=False)
+                      use_pooler=False, use_decoder=True, use_classifier=False, use_token_type_embed=False,
+                      prefix="bortmodel0_")
     name_of = {}
     for name, param in model._collect_params_with_prefix().items():
         name_of.setdefault(id(param), name)
-    return [name_of[id(param)] for param in model.collect_params().values()]
+    full = model.collect_params()
+    return [name_of[id(full[key])] for key in sorted(full.keys())]
 
 
 def load_original_states(path, trainer, params, config, allow_pickle=False):
