@@ -66,7 +66,10 @@ if [ "$TRAIN_DATA" = "TEST" ]; then
     RUN_DIR=${BORT_TEST_DIR:-pretraining_distillation_test}
     rm -rf "$RUN_DIR"
     mkdir -p "$RUN_DIR"
-    VOCAB=(--vocab_json "$HERE/test_data/vocab/vocab.json" --merges "$HERE/test_data/vocab/merges.txt")
+    # The sample text's vocabulary: the bundled one when it was made from this text, else one trained on it.
+    PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bort.bpe_train --input "$HERE/test_data/sample_text.txt" \
+        --output_dir "$RUN_DIR/vocab" --bundled "$HERE/test_data/vocab" >/dev/null
+    VOCAB=(--vocab_json "$RUN_DIR/vocab/vocab.json" --merges "$RUN_DIR/vocab/merges.txt")
     # Training shards (one per process) and held-out maskings of the same text for evaluation.
     "$PYTHON" "$HERE/create_pretraining_data.py" --input_file "$HERE/test_data/sample_text.txt" \
         --output_dir "$RUN_DIR/train" "${VOCAB[@]}" --max_seq_length 32 --dupe_factor 40 --masked_lm_prob 0.45 \
