@@ -118,15 +118,34 @@ def ensure_vocab(text_path, output_dir, bundled=None, vocab_size=1005):
     return "trained"
 
 
+def sentence_seq_length(text_path, vocab_dir, choices=(32, 64, 128), quantile=0.9):
+    """The smallest of `choices` that holds `quantile` of the text's lines whole (with <s> and </s>): the TEST modes'
+    --max_seq_length, so that a model sees most sentences whole rather than in random truncated windows (32 for the
+    bundled text, whose lines are short; 128 for gluon-nlp's, whose lines run to 175 tokens)."""
+    from .tokenizer import load_tokenizer  # noqa: PLC0415
+
+    tokenizer = load_tokenizer(vocab_json=os.path.join(vocab_dir, "vocab.json"),
+                               merges=os.path.join(vocab_dir, "merges.txt"))
+    with open(text_path, encoding="utf-8-sig") as handle:
+        lengths = sorted(len(tokenizer.encode(line.rstrip("\n"))) + 2 for line in handle if line.strip())
+    if not lengths:
+        raise BortError(f"{text_path}: the sample text has no sentences")
+    needed = lengths[min(len(lengths) - 1, int(quantile * len(lengths)))]
+    return next((c for c in choices if c >= needed), choices[-1])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, help="the text (one sentence per line)")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--bundled", default=None, help="a vocabulary to reuse when it was made from --input")
     parser.add_argument("--vocab_size", type=int, default=1005, help="at most this many ids (5 specials included)")
+    parser.add_argument("--print_seq_length", action="store_true",
+                        help="print the --max_seq_length that holds 90 %% of the lines whole (32, 64 or 128) instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(ensure_vocab(args.input, args.output_dir, args.bundled, args.vocab_size))
+    kind = ensure_vocab(args.input, args.output_dir, args.bundled, args.vocab_size)
+    print(sentence_seq_length(args.input, args.output_dir) if args.print_seq_length else kind)
 
 
 if __name__ == "__main__":
