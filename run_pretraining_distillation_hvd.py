@@ -58,7 +58,8 @@ def build_parser():
                         "when missing)")
     g.add_argument("--random_teacher", action="store_true",
                    help="without --teacher_ckpt_dir: a randomly initialized teacher (tests only)")
-    g.add_argument("--dropout", type=float, default=None, help="override the student's dropout")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="override the student's dropout (encoder and word embeddings)")
     g = p.add_argument_group("loss")
     g.add_argument("--teacher_ce_weight", type=float, default=D.teacher_ce_weight,
                    help="weight of T^2 KL(teacher || student) on masked positions")
