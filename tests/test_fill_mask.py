@@ -95,11 +95,19 @@ def test_launcher_test_mode_distills_a_student_that_fills_masks(test_run):
     print(f"held-back masks: top-1 student {student_top1:.3f} (training log {evals['student']['mlm_acc']:.3f}), "
           f"teacher {evals['teacher']['mlm_acc']:.3f}, frequency baseline {frequency_top1:.3f}; top-5 student "
           f"{student_top5:.3f}, teacher {teacher_top5:.3f}, frequency baseline {frequency_top5:.3f}")
-    # Measured: top-1 0.84-0.88 (student) and 0.84-0.89 (teacher) against 0.10; top-5 0.97 against 0.26.
     assert abs(student_top1 - evals["student"]["mlm_acc"]) < 0.01  # the run's eval agrees with this pass
-    assert student_top1 > 0.6 and student_top1 > frequency_top1 + 0.4
-    assert evals["teacher"]["mlm_acc"] > 0.6
-    assert student_top5 > 0.85 and teacher_top5 > 0.85 and student_top5 > frequency_top5 + 0.5
+    if _bundled_sample_text():
+        # Measured: top-1 0.84-0.88 (student) and 0.84-0.89 (teacher) against 0.10; top-5 0.97 against 0.26.
+        assert student_top1 > 0.6 and student_top1 > frequency_top1 + 0.4
+        assert evals["teacher"]["mlm_acc"] > 0.6
+        assert student_top5 > 0.85 and teacher_top5 > 0.85 and student_top5 > frequency_top5 + 0.5
+    else:
+        # Another text, e.g. gluon-nlp's literary sample (most words occur once, so there is less to generalize
+        # from). Measured there (1 process): top-1 0.34 (student) and 0.37 (teacher) against 0.05; top-5 0.53 and
+        # 0.54 against 0.12.
+        assert student_top1 > frequency_top1 + 0.15 and student_top1 > 3 * frequency_top1
+        assert evals["teacher"]["mlm_acc"] > frequency_top1 + 0.15
+        assert min(student_top5, teacher_top5) > frequency_top5 + 0.2
 
 
 # Sentences of the bundled sample text with a content word masked (the eval shard masks other positions of them).
@@ -145,7 +153,7 @@ def test_fill_mask_cli_and_plots(test_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out) == len(cases)
-    top1_hits = 0
+    top1_hits = top3_hits = 0
     for result, (text, word) in zip(out, cases):
         preds = result["masks"][0]
         assert len(preds) == 7
@@ -153,9 +161,12 @@ def test_fill_mask_cli_and_plots(test_run, tmp_path):
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
         tokens = [p["token"] for p in preds]
         print(f"{text!r}: {tokens[:3]}")
-        assert word in tokens[:3], (text, tokens)  # measured: top-1 for all five, p = 0.45-0.99
+        top3_hits += word in tokens[:3]
         top1_hits += tokens[0] == word
-    assert top1_hits >= 4
+    if cases is FILL_MASK_CASES:
+        assert top3_hits == 5 and top1_hits >= 4  # measured: top-1 for all five, p = 0.45-0.99
+    else:
+        assert top3_hits >= 1  # measured on gluon-nlp's sample text: 2 of 5 in the top 3, 1 top-1
     # No mask in the text: a one-line error.
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
                            "--vocab_json", vocab_json, "--merges", merges, "no mask here"],
