@@ -6,7 +6,7 @@
 #
 # <train data>/<test data>: shard files, globs or directories (create_pretraining_data.py output).
 # [teacher ckpt]: a .params file, a directory with one .params file, or a local HF RoBERTa directory;
-#                 without it the teacher is randomly initialized (only sensible for tests).
+#                 without it, gluon-nlp's pretrained roberta_24_1024_16 from $MXNET_HOME/models (as the original).
 # Extra flags after the positional arguments go to run_pretraining_distillation_hvd.py and override the
 # defaults below (e.g. --num_steps 1000 --ckpt_dir out/).
 #
@@ -75,13 +75,17 @@ if [ "$TRAIN_DATA" = "TEST" ]; then
     RUN_DIR=${BORT_TEST_DIR:-pretraining_distillation_test}
     rm -rf "$RUN_DIR"
     mkdir -p "$RUN_DIR"
-    VOCAB=(--vocab_json "$HERE/test_data/vocab/vocab.json" --merges "$HERE/test_data/vocab/merges.txt")
+    # The sample text's vocabulary (the bundled one when it was made from this text, else one trained on it), and a
+    # sequence length that holds most of its lines whole (32 for the bundled text).
+    SEQ_LEN=$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bort.bpe_train --print_seq_length \
+        --input "$HERE/test_data/sample_text.txt" --output_dir "$RUN_DIR/vocab" --bundled "$HERE/test_data/vocab")
+    VOCAB=(--vocab_json "$RUN_DIR/vocab/vocab.json" --merges "$RUN_DIR/vocab/merges.txt")
     # Training shards (one per process) and held-out maskings of the same text for evaluation.
     "$PYTHON" "$HERE/create_pretraining_data.py" --input_file "$HERE/test_data/sample_text.txt" \
-        --output_dir "$RUN_DIR/train" "${VOCAB[@]}" --max_seq_length 32 --dupe_factor 40 --masked_lm_prob 0.45 \
+        --output_dir "$RUN_DIR/train" "${VOCAB[@]}" --max_seq_length "$SEQ_LEN" --dupe_factor 40 --masked_lm_prob 0.45 \
         --num_outputs "$NUMPROC" --num_workers 1 --no_progress
     "$PYTHON" "$HERE/create_pretraining_data.py" --input_file "$HERE/test_data/sample_text.txt" \
-        --output_dir "$RUN_DIR/eval" "${VOCAB[@]}" --max_seq_length 32 --dupe_factor 1 --random_seed 4321 \
+        --output_dir "$RUN_DIR/eval" "${VOCAB[@]}" --max_seq_length "$SEQ_LEN" --dupe_factor 1 --random_seed 4321 \
         --num_outputs 1 --num_workers 1 --no_progress
     TRAIN_DATA="$RUN_DIR/train"
     TEST_DATA="$RUN_DIR/eval"

@@ -40,17 +40,26 @@ def build_parser():
     g.add_argument("--allow_legacy_pickle", action="store_true",
                    help="read legacy gluon-nlp/Bort shards (pickled object arrays: only for files you trust)")
     g.add_argument("--dataset_name", default=None,
-                   help="accepted for compatibility with the original; the vocabulary comes from the shards")
+                   help="gluon-nlp dataset of the pretrained teacher loaded without --teacher_ckpt_dir (default "
+                        "openwebtext_ccnews_stories_books_cased); the vocabulary itself comes from the shards")
     g = p.add_argument_group("models")
     g.add_argument("--model", default=D.model, help="student config name or JSON")
-    g.add_argument("--student_params", default=None, help="initialize the student from these parameters")
+    g.add_argument("--student_params", default=None,
+                   help="initialize the student from these parameters (a .params file or the original's "
+                        "checkpoint_N/ directory; its pickled .states.NN only with --allow_legacy_pickle)")
+    g.add_argument("--pretrained", action="store_true",
+                   help="start the student from the released Bort, model/bort.params (unless --student_params)")
     g.add_argument("--teacher_model", default=D.teacher_model,
                    help="teacher config (used when the checkpoint has no JSON config beside it); "
                         "'none': no teacher, plain masked-LM pretraining (needs --teacher_ce_weight 0)")
     g.add_argument("--teacher_ckpt_dir", default=None,
                    help="teacher: a .params file, a directory with one .params file, or a local HF directory; "
-                        "without it the teacher is randomly initialized (only sensible for tests)")
-    g.add_argument("--dropout", type=float, default=None, help="override the student's dropout")
+                        "without it, gluon-nlp's pretrained --teacher_model from $MXNET_HOME/models (fetched "
+                        "when missing)")
+    g.add_argument("--random_teacher", action="store_true",
+                   help="without --teacher_ckpt_dir: a randomly initialized teacher (tests only)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="override the student's dropout (encoder and word embeddings)")
     g = p.add_argument_group("loss")
     g.add_argument("--teacher_ce_weight", type=float, default=D.teacher_ce_weight,
                    help="weight of T^2 KL(teacher || student) on masked positions")
@@ -88,6 +97,8 @@ def build_parser():
     g.add_argument("--preflight_workers", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's check
     g.add_argument("--summary_json", default=None, help="write the final metrics and a parameter checksum here "
                                                    "('{rank}' in the name: one file per rank)")
+    g.add_argument("--profile", default=None, metavar="FILE",
+                   help="write an MXNet profiler trace (Chrome tracing JSON) of steps 10-13 to FILE (+ rank)")
     g.add_argument("--verbose", action="store_true")
     return p
 

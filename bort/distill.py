@@ -123,25 +123,34 @@ class Teacher:
         return logits
 
 
-def load_teacher(spec, config=None, ctx=None, dtype="float32", vocab_size=None):
+def load_teacher(spec, config=None, ctx=None, dtype="float32", vocab_size=None, random_init=False,
+                 dataset_name=None):
     """Build the teacher from `spec`:
 
     - a `.params` file (gluon-nlp names; its JSON config beside it, else `config`, e.g. roberta_24_1024_16),
-    - a directory holding one `.params` file (the original's --teacher_ckpt_dir), or
+    - a directory holding one `.params` file (the original's --teacher_ckpt_dir, or its checkpoint_N/), or
     - a local Hugging Face directory (config.json + weights), converted with bort.convert.hf_to_gluon,
-    - None: randomly initialized `config` (for tests and the TEST launcher mode only).
+    - None: gluon-nlp's pretrained `config` on `dataset_name` from its model store ($MXNET_HOME/models, fetched
+      when missing), as the original did; with `random_init`, a randomly initialized `config` (tests only;
+      a checkpoint given in `spec` always wins).
     """
     from .checkpoint import config_path, load_arrays, load_parameters, read_config  # noqa: PLC0415
     from .model import build_model, get_config  # noqa: PLC0415
+    from .store import pretrained_params, resolve_params_path  # noqa: PLC0415
 
     ctx = ctx or mx.cpu()
     overrides = {"vocab_size": vocab_size} if vocab_size else {}
-    if spec is None:
-        if config is None:
-            raise BortError("no teacher: pass --teacher_ckpt_dir or --teacher_model")
+    if spec is None and config is None:
+        raise BortError("no teacher: pass --teacher_ckpt_dir or --teacher_model")
+    if spec is None and random_init:
         model = build_model(get_config(config, **overrides), ctx=ctx)
-        log.warning("teacher %s is randomly initialized (no checkpoint given)", config)
+        log.warning("teacher %s is randomly initialized (--random_teacher)", config)
         source = f"random {config}"
+    elif spec is None:
+        path = pretrained_params(config, dataset_name)
+        model = build_model(get_config(config), ctx=ctx)
+        load_parameters(model, path, ignore_extra=("pooler.", "classifier."))
+        source = path
     elif os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "config.json")):
         from .convert import hf_to_gluon  # noqa: PLC0415
 
@@ -152,15 +161,9 @@ def load_teacher(spec, config=None, ctx=None, dtype="float32", vocab_size=None):
         load_arrays(model, arrays, spec)
         source = spec
     else:
-        path = spec
-        if os.path.isdir(spec):
-            found = sorted(f for f in os.listdir(spec) if f.endswith(".params"))
-            if len(found) != 1:
-                raise BortError(f"{spec}: expected one .params file (or an HF config.json) in the teacher "
-                                f"directory, found {len(found)}")
-            path = os.path.join(spec, found[0])
-        elif not os.path.isfile(spec):
+        if not os.path.exists(spec):
             raise BortError(f"{spec}: teacher checkpoint not found")
+        path = resolve_params_path(spec, "teacher checkpoint")
         has_json = os.path.isfile(config_path(path))
         model_config = read_config(path, None if has_json else (config or "roberta_24_1024_16"))
         model = build_model(model_config, ctx=ctx)

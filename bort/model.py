@@ -36,6 +36,7 @@ class ModelConfig:
     embed_size: int = 0  # 0: same as units
     token_type_vocab_size: int = 0  # 0: no token-type embeddings (Bort, RoBERTa)
     dropout: float = 0.1
+    embed_dropout: float = 0.0  # dropout on the word embeddings, before positions are added (Bort: 0.1)
     layer_norm_eps: float = 1e-5
     activation: str = "gelu"  # erf-based GELU, as gluon-nlp and HF "gelu"
     family: str = "roberta"  # "roberta" (ids start at 0 after conversion) or "bert"
@@ -68,8 +69,11 @@ class ModelConfig:
 
 
 CONFIGS = {
-    # The Bort architecture: depth 4, 8 heads, FFN 768, hidden 1024.
-    "bort_4_8_768_1024": ModelConfig(num_layers=4, units=1024, hidden_size=768, num_heads=8),
+    # The Bort architecture: depth 4, 8 heads, FFN 768, hidden 1024 (names: layers_heads_ffn_units). The original
+    # applies dropout 0.1 to the word embeddings (its embed_dropout) on top of the encoder's own dropout.
+    "bort_4_8_768_1024": ModelConfig(num_layers=4, units=1024, hidden_size=768, num_heads=8, embed_dropout=0.1),
+    # The original's second configuration: depth 2, 16 heads, FFN 512, hidden 1024.
+    "bort_2_16_512_1024": ModelConfig(num_layers=2, units=1024, hidden_size=512, num_heads=16, embed_dropout=0.1),
     # The teacher.
     "roberta_24_1024_16": ModelConfig(num_layers=24, units=1024, hidden_size=4096, num_heads=16),
     "roberta_12_768_12": ModelConfig(num_layers=12, units=768, hidden_size=3072, num_heads=12),
@@ -114,6 +118,8 @@ class BortModel(HybridBlock):
             with self.word_embed.name_scope():
                 self.word_embed.add(nn.Embedding(config.vocab_size, config.embed_size,
                                                  weight_initializer=mx.init.Normal(0.02)))
+                if config.embed_dropout:  # no parameters: the names stay word_embed.0.*
+                    self.word_embed.add(nn.Dropout(config.embed_dropout))
             if config.token_type_vocab_size:
                 self.token_type_embed = nn.HybridSequential(prefix="token_type_embed_")
                 with self.token_type_embed.name_scope():

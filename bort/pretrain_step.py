@@ -1,5 +1,7 @@
 """The pieces of a distillation step: student and teacher, forward/backward of one micro-batch, running totals,
 evaluation."""
+import dataclasses
+
 import bort  # noqa: F401
 import mxnet as mx
 
@@ -8,6 +10,7 @@ from .distill import load_teacher, prediction_counts
 from .errors import BortError
 from .model import build_model, get_config
 from .pretrain_data import to_nd
+from .store import student_params_path
 
 
 def materialize(model):
@@ -17,7 +20,10 @@ def materialize(model):
 
 
 def build_student(config, vocab_size, ctx):
-    model_config = get_config(config.model, vocab_size=vocab_size, dropout=config.dropout)
+    model_config = get_config(config.model, vocab_size=vocab_size, dropout=config.dropout,
+                              embed_dropout=config.dropout)
+    config = dataclasses.replace(config, student_params=student_params_path(config.student_params,
+                                                                            config.pretrained))
     if config.student_params:
         model_config = read_config(config.student_params, model_config)
         if model_config.vocab_size != vocab_size:
@@ -37,7 +43,8 @@ def build_teacher(config, vocab_size, ctx, dtype):
             raise BortError("--teacher_model none: no teacher, so --teacher_ce_weight must be 0")
         return None
     teacher = load_teacher(spec, config=config.teacher_model, ctx=ctx, dtype=dtype,
-                           vocab_size=vocab_size if spec is None else None)
+                           vocab_size=vocab_size if spec is None else None, random_init=config.random_teacher,
+                           dataset_name=config.dataset_name)
     teacher.check_student(get_config(config.model, vocab_size=vocab_size), source=spec or config.teacher_model)
     return teacher
 

@@ -27,6 +27,8 @@ from .pretrain_state import (checkpoint_prefix, complete_checkpoints, resolve_st
                              restore_checkpoint, rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from .pretrain_step import (Totals, build_student, build_teacher, evaluate, forward_backward,  # noqa: F401
                             materialize, summarize)
+from .profiling import StepProfiler
+from .store import resume_original
 from .training import (Distributed, DynamicLossScaler, GradientStep, LinearWarmupDecay, create_trainer, set_seed,
                        step_seed, trainable_parameters)
 from data.pretraining import list_shards
@@ -45,6 +47,10 @@ class PretrainConfig:
     student_params: str = None
     teacher_model: str = "roberta_24_1024_16"
     teacher_ckpt_dir: str = None
+    random_teacher: bool = False  # no checkpoint: random teacher instead of gluon-nlp's pretrained one (tests)
+    dataset_name: str = None  # gluon-nlp store dataset of the pretrained teacher (None: bort.store.STORE_DATASET)
+    pretrained: bool = False  # student starts from the released Bort (model/bort.params) unless student_params
+    profile: str = None  # MXNet profiler trace of steps 10-13 (bort.profiling)
     teacher_ce_weight: float = 0.5
     distillation_temperature: float = 2.0
     mlm_weight: float = 0.1
@@ -153,13 +159,19 @@ def pretrain(config, dist=None):
                                legacy=config.legacy_kd_loss)
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if _jsonable(v)}
-    start_step, state = restore_checkpoint(config.ckpt_dir, config.start_step, student, trainer,
-                                           list(params.values()), dist, settings, config.overwrite_ckpt_dir)
+    # The original's layout (checkpoint_N/NNNNNNN.params + pickled .states.NN): see bort.store.
+    original = resume_original(config, dist, student, trainer, params, model_config,
+                               complete_checkpoints(config.ckpt_dir))
+    if original:
+        start_step, state = original, None
+    else:
+        start_step, state = restore_checkpoint(config.ckpt_dir, config.start_step, student, trainer,
+                                               list(params.values()), dist, settings, config.overwrite_ckpt_dir)
     run_id = (state or {}).get("run_id") or uuid.uuid4().hex
     metrics_path = config.metrics_file or os.path.join(config.ckpt_dir, "metrics.jsonl")
     if dist.is_root and (start_step or not config.metrics_file):  # a --metrics_file of its own: the user's
         trim_metrics(metrics_path, start_step)
-    positions = _resume_position(config, dist, start_step, state, scaler) if start_step else None
+    positions = _resume_position(config, dist, start_step, state, scaler) if state else None
     student.hybridize(static_alloc=True)
 
     data = TrainData(config, dist, config.seed, positions)
@@ -169,12 +181,14 @@ def pretrain(config, dist=None):
         log.info("effective batch = %d %s x %d accumulate x %d workers", config.batch_size,
                  "tokens" if config.use_avg_len else "sequences", config.accumulate, dist.size)
     progress = _progress(config, dist, start_step)
+    profiler = StepProfiler(config.profile, config.num_steps, dist.rank, dist.size)
     totals, last_train, last_eval = Totals(), None, None
     step, window_start, window_steps = start_step, time.time(), 0
     data_time = 0.0
     try:
         while step < config.num_steps:
             step += 1
+            profiler.step_started(step)
             t0 = time.time()
             micro_batches = data.next_step()
             data_time += time.time() - t0
@@ -192,6 +206,7 @@ def pretrain(config, dist=None):
             if config.accumulate > 1:
                 stepper.zero_grad()
             window_steps += 1
+            profiler.step_finished(step)
             if progress:
                 progress.update(1)
 

@@ -7,7 +7,9 @@ vocabulary in both flavours that bort.tokenizer reads:
   and ``merges.txt``;
 * fairseq / gluon-nlp style: ``encoder.json`` (plain GPT-2 ids: the 256 byte symbols in GPT-2's order, then one
   token per merge in rank order; no special tokens), ``vocab.bpe`` (the same merges) and ``dict.txt``
-  (``<gpt2_id> <count>`` lines sorted by count on the sample text; RoBERTa id = 4 + line index, <mask> = last).
+  (``<gpt2_id> <count>`` lines sorted by count on the sample text; RoBERTa id = 4 + line index, <mask> = last);
+* ``SOURCE_SHA256``: the sha256 of the text, so that runs on another sample text train their own vocabulary
+  (bort.bpe_train).
 
 Both flavours therefore give the same RoBERTa ids, and the GPT-2 ids differ from the RoBERTa ids, so the
 mapping between them is exercised by the tests.
@@ -16,6 +18,7 @@ mapping between them is exercised by the tests.
 """
 import argparse
 import collections
+import hashlib
 import json
 import os
 import sys
@@ -74,6 +77,9 @@ def build(input_file, output_dir, gpt2_vocab_size):
     with atomic_write(os.path.join(output_dir, "dict.txt")) as out:
         for token, gpt2_id in order:
             out.write(f"{gpt2_id} {counts[token]}\n")
+    # bort.bpe_train.ensure_vocab reuses this vocabulary only for the text it was made from.
+    with open(input_file, "rb") as handle, atomic_write(os.path.join(output_dir, "SOURCE_SHA256")) as out:
+        out.write(hashlib.sha256(handle.read()).hexdigest() + "\n")
     print(f"wrote {output_dir}: {len(encoder)} GPT-2 tokens ({len(merges)} merges), {len(vocab)} RoBERTa ids")
 
 

@@ -13,7 +13,6 @@ export PATH="${BORT_VENV:-$repo/.venv}/bin:$PATH"
 cd "$repo"
 run=${BORT_QUICKSTART_DIR:-quickstart_run}
 nproc=${BORT_QUICKSTART_PROCS:-2}
-vocab=(--vocab_json test_data/vocab/vocab.json --merges test_data/vocab/merges.txt)
 rm -rf "$run"
 mkdir -p "$run"
 start=$SECONDS
@@ -22,6 +21,8 @@ echo "== 1/4 tokenize + distil ($nproc processes)"
 BORT_TEST_DIR="$run/pretrain" ./run_pretraining_distillation.sh "$nproc" TEST TEST --no_progress > "$run/pretrain.log" 2>&1 \
   || { tail -n 20 "$run/pretrain.log"; exit 1; }
 student=$(ls "$run"/pretrain/bort_tiny_model/step_*.params | tail -n 1)
+# The TEST run's vocabulary: test_data/vocab/ for the bundled sample text, else one trained on the text.
+vocab=(--vocab_json "$run/pretrain/vocab/vocab.json" --merges "$run/pretrain/vocab/merges.txt")
 grep -E "eval|teacher" "$run/pretrain.log" | tail -n 3 || true
 echo "student checkpoint: $student"
 

@@ -176,3 +176,28 @@ def test_teacher_with_missing_parameters_is_refused(tmp_path):
         load_teacher(path, config=_tiny())
     with pytest.raises(BortError, match="teacher checkpoint not found"):
         load_teacher(os.path.join(str(tmp_path), "nope.params"))
+
+
+def test_every_flag_of_the_original_pretraining_script_parses():
+    """The original run_pretraining_distillation_hvd.py's argument list (utils/pretraining_distillation_utils.py
+    get_argparser), as its launcher and users passed it, parses unchanged and lands in the config."""
+    import dataclasses
+
+    import run_pretraining_distillation_hvd as cli
+    from bort.pretraining import PretrainConfig
+
+    original = ["--num_steps", "4", "--num_eval_steps", "3", "--num_buckets", "20", "--dtype", "float32",
+                "--batch_size", "2", "--accumulate", "1", "--use_avg_len", "--batch_size_eval", "2",
+                "--dataset_name", "openwebtext_ccnews_stories_books_cased", "--pretrained",
+                "--model", "bort_2_16_512_1024", "--teacher_model", "roberta_24_1024_16",
+                "--teacher_ckpt_dir=teacher_dir", "--teacher_ce_weight", "0.5", "--distillation_temperature", "2.0",
+                "--mlm_weight", "0.1", "--data=shards/*.npz", "--data_eval=shards/*.npz", "--ckpt_dir", "ck",
+                "--start_step", "0", "--lr", "1e-4", "--warmup_ratio", "0.01", "--log_interval", "2",
+                "--ckpt_interval", "2", "--verbose", "--profile", "prof.json", "--cpu_only"]
+    args = cli.build_parser().parse_args(original)
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    assert (config.pretrained, config.profile, config.dataset_name) == (True, "prof.json",
+                                                                          "openwebtext_ccnews_stories_books_cased")
+    assert (config.model, config.teacher_ckpt_dir, config.num_eval_steps) == ("bort_2_16_512_1024", "teacher_dir", 3)
+    assert get_config(config.model).num_layers == 2 and not config.random_teacher

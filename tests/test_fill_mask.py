@@ -1,6 +1,11 @@
 """End to end: the TEST launcher mode pretrains a tiny teacher on the sample text, distills a tiny Bort student
 from it, and the student's MLM head fills held-back masks of that text: most of them right (top-1), far above a
-token-frequency baseline, and content words in fill_mask.py. Also covers scripts/plot_metrics.py on the run."""
+token-frequency baseline, and content words in fill_mask.py. Also covers scripts/plot_metrics.py on the run.
+
+Whatever sample text is in test_data/ (the bundled one, or gluon-nlp's as the original README has users download):
+the run trains its own vocabulary for a text the bundled vocabulary was not made from, and the masks to fill are
+taken from the text itself unless it is the bundled one."""
+import collections
 import json
 import os
 import shutil
@@ -12,6 +17,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from bort.bpe_train import SOURCE_FILE, file_sha256
 from bort.checkpoint import load_model
 from bort.pretraining import encode_with_masks, topk_accuracy
 from bort.tokenizer import load_tokenizer
@@ -20,6 +26,12 @@ from data.pretraining import batchify, list_shards, load_shard
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB_JSON = os.path.join(ROOT, "test_data/vocab/vocab.json")
 MERGES = os.path.join(ROOT, "test_data/vocab/merges.txt")
+SAMPLE = os.path.join(ROOT, "test_data/sample_text.txt")
+
+
+def _bundled_sample_text():
+    with open(os.path.join(ROOT, "test_data/vocab", SOURCE_FILE), encoding="utf-8") as handle:
+        return file_sha256(SAMPLE) == handle.read().strip()
 
 
 def _have_horovod():
@@ -43,7 +55,12 @@ def test_run(tmp_path_factory):
     proc = subprocess.run(["bash", os.path.join(ROOT, "run_pretraining_distillation.sh"), procs, "TEST", "TEST"],
                           cwd=str(run_dir.parent), env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run_dir / "vocab" / "vocab.json").is_file()  # the vocabulary the run used
     return run_dir
+
+
+def _run_vocab(run_dir):
+    return str(run_dir / "vocab" / "vocab.json"), str(run_dir / "vocab" / "merges.txt")
 
 
 STUDENT_STEPS, TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
@@ -78,14 +95,22 @@ def test_launcher_test_mode_distills_a_student_that_fills_masks(test_run):
     print(f"held-back masks: top-1 student {student_top1:.3f} (training log {evals['student']['mlm_acc']:.3f}), "
           f"teacher {evals['teacher']['mlm_acc']:.3f}, frequency baseline {frequency_top1:.3f}; top-5 student "
           f"{student_top5:.3f}, teacher {teacher_top5:.3f}, frequency baseline {frequency_top5:.3f}")
-    # Measured: top-1 0.84-0.88 (student) and 0.84-0.89 (teacher) against 0.10; top-5 0.97 against 0.26.
     assert abs(student_top1 - evals["student"]["mlm_acc"]) < 0.01  # the run's eval agrees with this pass
-    assert student_top1 > 0.6 and student_top1 > frequency_top1 + 0.4
-    assert evals["teacher"]["mlm_acc"] > 0.6
-    assert student_top5 > 0.85 and teacher_top5 > 0.85 and student_top5 > frequency_top5 + 0.5
+    if _bundled_sample_text():
+        # Measured: top-1 0.84-0.88 (student) and 0.84-0.89 (teacher) against 0.10; top-5 0.97 against 0.26.
+        assert student_top1 > 0.6 and student_top1 > frequency_top1 + 0.4
+        assert evals["teacher"]["mlm_acc"] > 0.6
+        assert student_top5 > 0.85 and teacher_top5 > 0.85 and student_top5 > frequency_top5 + 0.5
+    else:
+        # Another text, e.g. gluon-nlp's literary sample (most words occur once, so there is less to generalize
+        # from). Measured there (1 process): top-1 0.34 (student) and 0.37 (teacher) against 0.05; top-5 0.53 and
+        # 0.54 against 0.12.
+        assert student_top1 > frequency_top1 + 0.15 and student_top1 > 3 * frequency_top1
+        assert evals["teacher"]["mlm_acc"] > frequency_top1 + 0.15
+        assert min(student_top5, teacher_top5) > frequency_top5 + 0.2
 
 
-# Sentences of the sample text with a content word masked (the eval shard masks other positions of them).
+# Sentences of the bundled sample text with a content word masked (the eval shard masks other positions of them).
 FILL_MASK_CASES = [("The fish are sold at the <mask> near the harbor.", " market"),
                    ("The boats come back in the afternoon with fish and <mask>.", " crabs"),
                    ("Many animals live in the <mask>, such as deer, foxes, and owls.", " forest"),
@@ -93,30 +118,58 @@ FILL_MASK_CASES = [("The fish are sold at the <mask> near the harbor.", " market
                    ("Children like to stand on the <mask> and watch the water.", " bridge")]
 
 
+def fill_mask_cases(tokenizer, count=5, context=10):
+    """The five documented sentences for the bundled text; for any other text, `count` content words spread over
+    the text (letters only, at least 5 of them, one token with their leading space, not among the text's 40 most
+    frequent tokens, not the start of a longer word), each masked in a window of up to `context` words either side
+    within its line."""
+    if _bundled_sample_text():
+        return FILL_MASK_CASES
+    with open(SAMPLE, encoding="utf-8-sig") as handle:
+        lines = [tokenizer.encode(line.rstrip("\n")) for line in handle if line.strip()]
+    frequent = {i for i, _ in collections.Counter(i for ids in lines for i in ids).most_common(40)}
+    candidates = []
+    for ids in lines:
+        for pos, token in enumerate(ids):
+            word = tokenizer.decode([token])
+            whole = pos + 1 == len(ids) or not tokenizer.decode([ids[pos + 1]])[:1].isalpha()
+            if word.startswith(" ") and word[1:].isalpha() and len(word) > 5 and whole and token not in frequent:
+                before = tokenizer.decode(ids[:pos]).split(" ")[-context:]  # whole words around the mask
+                after = tokenizer.decode(ids[pos + 1:]).split(" ")[:context + 1]
+                candidates.append((" ".join(before + ["<mask>"]).strip(" ") + " ".join(after), word))
+    assert len(candidates) >= count, "the sample text is too short to pick words to mask from"
+    return [candidates[int(i)] for i in np.linspace(0, len(candidates) - 1, count)]
+
+
 @pytest.mark.slow
 def test_fill_mask_cli_and_plots(test_run, tmp_path):
     params = test_run / "bort_tiny_model" / f"step_{STUDENT_STEPS:07d}.params"
+    vocab_json, merges = _run_vocab(test_run)
+    cases = fill_mask_cases(load_tokenizer(vocab_json=vocab_json, merges=merges))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
-                           "--vocab_json", VOCAB_JSON, "--merges", MERGES, "--top_k", "7", "--json",
-                           *[text for text, _ in FILL_MASK_CASES]],
+                           "--vocab_json", vocab_json, "--merges", merges, "--top_k", "7", "--json",
+                           *[text for text, _ in cases]],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(out) == len(FILL_MASK_CASES)
-    top1_hits = 0
-    for result, (text, word) in zip(out, FILL_MASK_CASES):
+    assert len(out) == len(cases)
+    top1_hits = top3_hits = 0
+    for result, (text, word) in zip(out, cases):
         preds = result["masks"][0]
         assert len(preds) == 7
         probs = [p["prob"] for p in preds]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
         tokens = [p["token"] for p in preds]
         print(f"{text!r}: {tokens[:3]}")
-        assert word in tokens[:3], (text, tokens)  # measured: top-1 for all five, p = 0.45-0.99
+        top3_hits += word in tokens[:3]
         top1_hits += tokens[0] == word
-    assert top1_hits >= 4
+    if cases is FILL_MASK_CASES:
+        assert top3_hits == 5 and top1_hits >= 4  # measured: top-1 for all five, p = 0.45-0.99
+    else:
+        assert top3_hits >= 1  # measured on gluon-nlp's sample text: 2 of 5 in the top 3, 1 top-1
     # No mask in the text: a one-line error.
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
-                           "--vocab_json", VOCAB_JSON, "--merges", MERGES, "no mask here"],
+                           "--vocab_json", vocab_json, "--merges", merges, "no mask here"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "has no <mask> token" in proc.stderr
 

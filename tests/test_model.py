@@ -124,6 +124,45 @@ def test_dropout_only_in_training():
     assert np.abs(trained - first).max() > 1e-3  # dropout is really there, and off in inference
 
 
+def test_word_embedding_dropout_as_the_original():
+    """Bort's configs drop 10 % of the word-embedding entries in training (the original's embed_dropout 0.1), on
+    top of the encoder's dropout; inference and the parameter names are as without it."""
+    assert CONFIGS["bort_4_8_768_1024"].embed_dropout == 0.1 and CONFIGS["bort_2_16_512_1024"].embed_dropout == 0.1
+    config = get_config("bort_tiny", dropout=0.0, embed_dropout=0.1, vocab_size=50)
+    with_dropout = build_model(config, use_decoder=True)
+    without = build_model(config.replace(embed_dropout=0.0), use_decoder=True)
+    ids, valid, positions = _inputs(config.vocab_size)
+    with_dropout(ids, valid, positions)
+    assert sorted(with_dropout._collect_params_with_prefix()) == sorted(parameter_shapes(config.replace(
+        embed_dropout=0.0)))
+    for name, param in without._collect_params_with_prefix().items():
+        param.set_data(with_dropout._collect_params_with_prefix()[name].data())
+    # Inference: no dropout anywhere, same outputs as the model without it.
+    np.testing.assert_allclose(with_dropout(ids, valid, positions)[1].asnumpy(),
+                               without(ids, valid, positions)[1].asnumpy(), rtol=1e-6, atol=1e-6)
+    # Training: the embedding lookup loses ~10 % of its entries and the rest are scaled by 1/0.9.
+    big = mx.nd.array(np.random.RandomState(1).randint(0, 50, size=(64, 100)))
+    clean = with_dropout.word_embed(big).asnumpy()
+    mx.random.seed(3)
+    with mx.autograd.record(train_mode=True):
+        dropped = with_dropout.word_embed(big).asnumpy()
+    zeroed = (dropped == 0) & (clean != 0)
+    assert 0.08 < zeroed.mean() < 0.12
+    np.testing.assert_allclose(dropped[~zeroed], clean[~zeroed] / 0.9, rtol=1e-5)
+    with mx.autograd.record(train_mode=True):  # the encoder's dropout is off, so only the embeddings differ
+        trained = with_dropout(ids, valid, positions)[1].asnumpy()
+    assert np.abs(trained - without(ids, valid, positions)[1].asnumpy()).max() > 1e-3
+
+
+def test_bort_2_16_512_1024_is_the_originals_second_config():
+    """The original's `bort_2_16_512_1024`: 2 layers, 16 heads, FFN 512, hidden 1024."""
+    config = CONFIGS["bort_2_16_512_1024"]
+    assert (config.num_layers, config.num_heads, config.hidden_size, config.units) == (2, 16, 512, 1024)
+    assert parameter_summary(config, use_decoder=False) == _expected_counts(config, False)
+    assert sum(parameter_summary(config).values()) == 51_471_360 + 524_288 + 2 * (
+        4 * (1024 * 1024 + 1024) + 2 * 1024 + (1024 * 512 + 512) + (512 * 1024 + 1024) + 2 * 1024) + 2 * 1024
+
+
 def test_padding_does_not_change_valid_outputs():
     config = get_config("bort_tiny")
     model = build_model(config, use_decoder=False)

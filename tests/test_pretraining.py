@@ -48,7 +48,8 @@ def vocab_size(shards):
 
 
 def tiny_config(shards, ckpt_dir, **changes):
-    base = PretrainConfig(data=shards, model="bort_tiny", teacher_model="roberta_tiny", num_steps=8, batch_size=8,
+    base = PretrainConfig(data=shards, model="bort_tiny", teacher_model="roberta_tiny", random_teacher=True,
+                          num_steps=8, batch_size=8,
                           num_buckets=3, dtype="float32", ckpt_dir=str(ckpt_dir), ckpt_interval=4, log_interval=2,
                           lr=1e-3, warmup_ratio=0.25, progress=False, cpu_only=True)
     return dataclasses.replace(base, **changes)
@@ -154,7 +155,8 @@ def run_cli(argv, capsys):
 
 
 def base_args(shards, tmp_path):
-    return ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--num_steps", "2",
+    return ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
+            "--num_steps", "2",
             "--batch_size", "4", "--dtype", "float32", "--ckpt_dir", str(tmp_path / "ck"), "--no_progress"]
 
 
@@ -221,6 +223,7 @@ def test_horovod_two_ranks_match_one_process(shards, tmp_path):
     """horovodrun -np 2 (gloo, CPU): identical parameters on both ranks, equal to one process with the same
     global batch (accumulate 2), and -np 3 with 2 shards fails with a clear error."""
     common = ["--data", shards, "--data_eval", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny",
+              "--random_teacher",
               "--num_steps", "4", "--batch_size", "4", "--num_buckets", "3", "--dtype", "float32", "--cpu_only",
               "--log_interval", "2", "--ckpt_interval", "4", "--eval_interval", "0", "--lr", "1e-3",
               "--no_progress"]

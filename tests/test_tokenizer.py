@@ -87,13 +87,17 @@ def _hf_bpe(vocab_json, merges):
 
 
 def test_sample_text_format(sample_lines):
+    """One sentence per line, blank lines between documents, some non-ASCII: the bundled text or gluon-nlp's."""
     text = "\n".join(sample_lines)
     documents = [d for d in text.split("\n\n") if d.strip()]
-    assert len(documents) >= 4
+    assert len(documents) >= 2
     sentences = [line for line in sample_lines if line.strip()]
-    assert 80 <= len(sentences) <= 150
+    assert 20 <= len(sentences) <= 150
     assert any(any(ord(ch) > 127 for ch in line) for line in sentences)
-    assert any("\t" in line or "  " in line for line in sentences)
+    from bort.bpe_train import SOURCE_FILE, file_sha256  # noqa: PLC0415
+    if file_sha256(SAMPLE) == open(os.path.join(ROOT, "test_data", "vocab", SOURCE_FILE)).read().strip():
+        assert len(documents) >= 4 and 80 <= len(sentences)  # the bundled text also has whitespace runs and tabs
+        assert any("\t" in line or "  " in line for line in sentences)
 
 
 def test_shipped_vocab_layout(roberta):
@@ -285,8 +289,10 @@ def test_sentencepiece_train_load_round_trip(sp_model, sample_lines):
     full = "\n".join(sample_lines)
     for text in TRICKY + sample_lines + [full] + _fuzz_strings(100, seed=3):
         assert sp.decode(sp.encode(text)) == text, text
-    ids = sp.encode("The fishermen take their boats out to sea.")
-    assert len(ids) < len("The fishermen take their boats out to sea.") / 2  # learned real subwords
+    probes = [line for line in sample_lines if line.isascii() and len(line) > 30]
+    probe = probes[len(probes) // 2]  # a sentence of the sample text, whichever text that is
+    ids = sp.encode(probe)
+    assert len(ids) < len(probe) / 2  # learned real subwords
     assert sp.unk_id not in sp.encode(full) and sp.is_word_start(ids[0])
     assert len(sp.word_start_table()) == sp.vocab_size
 
