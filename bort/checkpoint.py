@@ -12,6 +12,7 @@ import mxnet as mx
 from .errors import BortError
 from .io import atomic_path, read_json, write_json
 from .model import ModelConfig, build_model, get_config
+from .validation import validate_training_state
 
 
 def config_path(params_path):
@@ -175,7 +176,7 @@ def load_training_state(prefix, trainer, params=None):
     for path in (states, meta):
         if not os.path.isfile(path):
             raise BortError(f"{path}: training state not found")
-    state = read_json(meta, "a training state")
+    state = validate_training_state(read_json(meta, "a training state"), meta)  # bort.validation
     arrays = read_params_file(states)
     optimizer, updater = trainer._optimizer, trainer._updaters[0]
     index_of = {name: index for index, name in enumerate(_state_names(trainer, params))}

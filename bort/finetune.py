@@ -19,6 +19,8 @@ from .checkpoint import load_parameters, read_config, save_parameters
 from .errors import BortError
 from .heads import TaskModel
 from .io import JsonlLogger, read_json, write_json
+from .locking import file_digests, hold_directory, retract_result
+from .validation import check_finetune_inputs
 from .model import get_config
 from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score
 from .training import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
@@ -238,6 +240,7 @@ def run(args, tokenizer):
             raise BortError(f"--{flag}: must be positive, got {getattr(args, flag)}")
     if args.max_len < 8:
         raise BortError(f"--max_len: must be at least 8, got {args.max_len}")
+    check_finetune_inputs(args, tokenizer)  # bort.validation: --max_len and vocabulary against the model
     dist = Distributed(use_horovod=launched_by_horovodrun() and not args.no_distributed)
     ctx = context(args, dist)
     set_seed(args.seed)
@@ -246,6 +249,9 @@ def run(args, tokenizer):
         raise BortError(f"--model_parameters: required with --only_inference (and for {task.name}, which has no "
                         "training data); pass a checkpoint written by finetune_bort.py")
     data = Data(task, args, tokenizer, train=not only_inference)
+    if dist.is_root:  # bort.locking: one run per --output_dir; the old result.json goes before files change
+        hold_directory(args.output_dir, "--output_dir")
+        retract_result(args.output_dir)
     os.makedirs(args.output_dir, exist_ok=True)
     logger = JsonlLogger(os.path.join(args.output_dir, "metrics.jsonl") if dist.is_root else None)
     ckpt = os.path.join(args.output_dir, f"model_bort_{task.name}.params")
@@ -285,6 +291,8 @@ def run(args, tokenizer):
             result["dev"][f"{name}:{segment}"] = metrics
         log.info("wrote %s (%d predictions)", path, len(preds))
     result["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    result["files"] = file_digests(args.output_dir, [ckpt, os.path.splitext(ckpt)[0] + ".json", task_meta_path(ckpt)]
+                                   + result["submissions"])  # result.json is written last: the set's manifest
     write_json(os.path.join(args.output_dir, "result.json"), result)
     return result
 
