@@ -12,6 +12,7 @@ A fine-tuning run's result files (checkpoint, its JSONs, leaderboard files, `res
 always describes the files beside it (`verify_result_set` checks that).
 """
 import atexit
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -36,17 +37,19 @@ def _holder(path):
 
 
 def hold_directory(directory, flag="--output_dir"):
-    """Create `directory` if needed and lock it for this process's lifetime; BortError when another run holds it."""
+    """Create `directory` if needed and lock it for this process's lifetime; BortError when another run holds it.
+    Returns False when this process already held it."""
     directory = os.fspath(directory)
     key = os.path.realpath(directory)
     if key in _held:
-        return directory
+        return False
     created = not os.path.isdir(directory)
     try:
         os.makedirs(directory, exist_ok=True)
         fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise BortError(f"{directory}: cannot create or lock the {flag} directory ({err.strerror})") from None
+        raise BortError(f"{directory}: cannot create the output directory or its lock file ({err.strerror}; "
+                        f"{flag})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -58,15 +61,34 @@ def hold_directory(directory, flag="--output_dir"):
     os.ftruncate(fd, 0)
     os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
     _held[key] = (fd, created)
-    return directory
+    return True
 
 
-def release_directory(directory):
-    """Give the lock back early (it is released at process exit anyway)."""
-    entry = _held.pop(os.path.realpath(os.fspath(directory)), None)
+def release_directory(directory, remove_if_unused=False):
+    """Give the lock back early (it is released at process exit anyway); with `remove_if_unused`, a directory
+    this process created and left empty goes too."""
+    key = os.path.realpath(os.fspath(directory))
+    entry = _held.pop(key, None)
     if entry:
+        if remove_if_unused and entry[1]:
+            _remove_if_unused(key)
         fcntl.flock(entry[0], fcntl.LOCK_UN)
         os.close(entry[0])
+
+
+@contextlib.contextmanager
+def owned_directory(directory, flag="--output_dir"):
+    """Hold `directory` for the duration of a with-block; on an error, remove it again if this call created it
+    and nothing was written into it."""
+    if not hold_directory(directory, flag):
+        yield directory
+        return
+    try:
+        yield directory
+    except BaseException:
+        release_directory(directory, remove_if_unused=True)
+        raise
+    release_directory(directory)
 
 
 def _remove_if_unused(directory):

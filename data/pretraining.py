@@ -13,13 +13,17 @@ The reader side (`load_shard`, `list_shards`, `batchify`) lives in `data.pretrai
 re-exported here.
 """
 import collections
+import contextlib
+import ctypes
 import dataclasses
 import glob
 import logging
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +32,7 @@ import numpy as np
 
 from bort.errors import BortError
 from bort.io import write_json
+from bort.locking import owned_directory
 from data.pretraining_format import (FORMAT_VERSION, Instance, InstanceBatch, PretrainingShard,  # noqa: F401
                                      ShardWriter, batchify, expand_paths, list_shards, load_shard, write_shard)
 from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
@@ -181,11 +186,53 @@ def process_chunk(chunk, tokenizer, options, vocab, skip_invalid_utf8=False):
 
 
 _WORKER_STATE = {}
+_PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(state):
+def _die_with_parent(parent_pid):
+    """Linux: have the kernel kill this worker when the process that forked it exits, even by `kill -9`.
+    With a fork server the parent is the server, which itself exits when the main process goes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers still stop when the pool is shut down
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(state, parent_pid=None):
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _WORKER_STATE.clear()
     _WORKER_STATE.update(state)
+
+
+class Terminated(BortError):
+    """SIGTERM arrived: the workers are stopped and no shard is left half-written."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into an exception in the main thread, so that the pool and the writers shut down cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("terminated by SIGTERM; workers stopped, no shard written")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pool):
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
 
 
 def _process_in_worker(chunk):
@@ -210,7 +257,9 @@ def run_chunks(chunks, state, num_workers):
         for chunk in chunks:
             yield process_chunk(chunk, **state)
         return
-    pool = ProcessPoolExecutor(num_workers, mp_context=_mp_context(), initializer=_init_worker, initargs=(state,))
+    context = _mp_context()
+    parent = os.getpid() if context.get_start_method() == "fork" else None
+    pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=(state, parent))
     pending = collections.deque()
     try:
         for chunk in chunks:
@@ -221,6 +270,9 @@ def run_chunks(chunks, state, num_workers):
             yield pending.popleft().result()
     except BrokenProcessPool:
         raise BortError("a worker process died unexpectedly (out of memory?); try fewer --num_workers") from None
+    except BaseException:  # SIGTERM, Ctrl-C, an error in the main process: do not wait for running chunks
+        _stop_workers(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -230,12 +282,12 @@ def run_chunks(chunks, state, num_workers):
 
 
 def _prepare_output_dir(output_dir):
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as err:
-        raise BortError(f"{output_dir}: cannot create the output directory ({err.strerror})") from None
+    """Check the (locked) output directory and remove temporary files a killed earlier run left behind."""
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise BortError(f"{output_dir}: output directory is not writable")
+    for leftover in glob.glob(os.path.join(glob.escape(output_dir), ".part-*.npz.*.tmp")):
+        with contextlib.suppress(OSError):
+            os.remove(leftover)
 
 
 def _describe_instance(tokenizer, batch):
@@ -267,6 +319,20 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
     if not input_files:
         raise BortError("no input files given")
     total_lines = count_lines(input_files)  # also checks that every file can be read, before any work
+    # One run per output directory (removed again if this run created it and fails); SIGTERM stops the workers.
+    with owned_directory(output_dir, "--output_dir"), _sigterm_raises():
+        try:
+            return _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8,
+                           progress, chunk_bytes, extra_summary, total_lines, start)
+        except OSError as err:
+            if isinstance(err, FileNotFoundError) or err.errno is None:
+                raise
+            raise BortError(f"{output_dir}: cannot write shards there ({err.strerror}); no shard was written") \
+                from None
+
+
+def _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8, progress,
+            chunk_bytes, extra_summary, total_lines, start):
     _prepare_output_dir(output_dir)
     vocab = MaskingVocab.from_tokenizer(tokenizer, options.whole_word_mask)
     metadata = {"vocab_size": vocab.vocab_size, "pad_id": vocab.eos_id if vocab.pad_id is None else vocab.pad_id,
@@ -279,10 +345,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
     from tqdm import tqdm
 
     try:
-        try:
-            writers = [ShardWriter(path, metadata) for path in shard_paths]
-        except OSError as err:
-            raise BortError(f"{output_dir}: cannot write shards there ({err.strerror})") from None
+        writers = [ShardWriter(path, metadata) for path in shard_paths]
         with tqdm(total=total_lines, unit="line", unit_scale=True, disable=not progress, desc="lines",
                   smoothing=0.1) as bar:
             chunks = iter_chunks(input_files, chunk_bytes)
