@@ -32,7 +32,7 @@ import numpy as np
 
 from bort.errors import BortError
 from bort.io import write_json
-from bort.locking import owned_directory
+from bort.locking import owned_directory, release_directory
 from data.pretraining_format import (FORMAT_VERSION, Instance, InstanceBatch, PretrainingShard,  # noqa: F401
                                      ShardWriter, batchify, expand_paths, list_shards, load_shard, write_shard)
 from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
@@ -208,31 +208,55 @@ def _init_worker(state, parent_pid=None):
     _WORKER_STATE.update(state)
 
 
-class Terminated(BortError):
-    """SIGTERM arrived: the workers are stopped and no shard is left half-written."""
+class _Shutdown:
+    """What the SIGTERM handler cleans up: the running pool's workers, this run's shards and temporary files."""
+
+    pool = None
+    output_dir = None
+    outputs = ()
+    message = "error: terminated by SIGTERM; workers stopped, no shard written\n"
+
+
+def _on_sigterm(signum, frame):
+    """Stop at once, like SIGTERM's default action, but without leaving workers or shards behind. Unwinding
+    with an exception instead could interrupt the pool's manager thread in the middle of a message from a
+    killed worker and hang the shutdown forever."""
+    if _Shutdown.pool is not None:
+        _stop_workers(_Shutdown.pool, signal.SIGKILL)
+    if _Shutdown.output_dir:
+        for path in list(_Shutdown.outputs) + glob.glob(os.path.join(glob.escape(_Shutdown.output_dir),
+                                                                     ".part-*.npz.*.tmp")):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        release_directory(_Shutdown.output_dir, remove_if_unused=True)
+    with contextlib.suppress(OSError):
+        sys.stderr.write(_Shutdown.message)
+        sys.stderr.flush()
+    os._exit(128 + signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM into an exception in the main thread, so that the pool and the writers shut down cleanly."""
+def _sigterm_cleans_up(output_dir):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum, frame):
-        raise Terminated("terminated by SIGTERM; workers stopped, no shard written")
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    _Shutdown.output_dir, _Shutdown.outputs = output_dir, ()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _Shutdown.output_dir, _Shutdown.outputs = None, ()
 
 
-def _stop_workers(pool):
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        if process.is_alive():
-            process.terminate()
+def _stop_workers(pool, signum=signal.SIGTERM):
+    try:
+        pids = [process.pid for process in list((getattr(pool, "_processes", None) or {}).values())]
+    except RuntimeError:  # the pool's manager thread changed the table meanwhile
+        pids = []
+    for pid in pids:
+        with contextlib.suppress(OSError, TypeError):
+            os.kill(pid, signum)
 
 
 def _process_in_worker(chunk):
@@ -261,6 +285,7 @@ def run_chunks(chunks, state, num_workers):
     parent = os.getpid() if context.get_start_method() == "fork" else None
     pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=(state, parent))
     pending = collections.deque()
+    _Shutdown.pool = pool
     try:
         for chunk in chunks:
             pending.append(pool.submit(_process_in_worker, chunk))
@@ -270,11 +295,12 @@ def run_chunks(chunks, state, num_workers):
             yield pending.popleft().result()
     except BrokenProcessPool:
         raise BortError("a worker process died unexpectedly (out of memory?); try fewer --num_workers") from None
-    except BaseException:  # SIGTERM, Ctrl-C, an error in the main process: do not wait for running chunks
+    except BaseException:  # Ctrl-C, an error in the main process: do not wait for the running chunks
         _stop_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        _Shutdown.pool = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -320,7 +346,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
         raise BortError("no input files given")
     total_lines = count_lines(input_files)  # also checks that every file can be read, before any work
     # One run per output directory (removed again if this run created it and fails); SIGTERM stops the workers.
-    with owned_directory(output_dir, "--output_dir"), _sigterm_raises():
+    with owned_directory(output_dir, "--output_dir"), _sigterm_cleans_up(output_dir):
         try:
             return _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8,
                            progress, chunk_bytes, extra_summary, total_lines, start)
@@ -371,6 +397,7 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
         if totals["instances"] < num_outputs:
             raise BortError(f"--num_outputs {num_outputs}: only {totals['instances']} instances were created; "
                             "expected at least one per output (lower --num_outputs)")
+        _Shutdown.outputs = shard_paths  # from here on, a SIGTERM removes this run's shards again
         for writer in writers:
             writer.close()
     except BaseException:
@@ -391,6 +418,7 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
     if extra_summary:
         summary.update(extra_summary)
     write_json(os.path.join(output_dir, SUMMARY_NAME), summary)
+    _Shutdown.outputs = ()
     logger.info("%d lines, %d documents, %d tokens -> %d instances (%d masked positions) in %d shard(s) in %.1f s: "
                 "%.0f tokens/s with %d worker(s)%s", totals["lines"], totals["documents"], totals["tokens"],
                 totals["instances"], totals["masked_positions"], num_outputs, seconds, totals["tokens"] / seconds,
