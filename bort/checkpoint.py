@@ -12,7 +12,7 @@ import mxnet as mx
 from .errors import BortError
 from .io import atomic_path, read_json, write_json
 from .model import ModelConfig, build_model, get_config
-from .validation import validate_training_state
+from .validation import check_config_fits_file, validate_training_state
 
 
 def config_path(params_path):
@@ -117,7 +117,7 @@ def read_config(params_path, fallback=None):
     """The ModelConfig stored beside a params file, else `fallback` (a name, JSON path or ModelConfig)."""
     path = config_path(params_path)
     if os.path.isfile(path):
-        return get_config(path)
+        return check_config_fits_file(get_config(path), params_path, path)  # bort.validation, before building
     if fallback is None:
         raise BortError(f"{params_path}: no config {path} beside it; pass the model config name explicitly")
     return fallback if isinstance(fallback, ModelConfig) else get_config(fallback)

@@ -64,6 +64,34 @@ def check_positive(args, flags):
             raise BortError(f"--{flag}: must be a positive integer, got {value}")
 
 
+# ---- a config JSON against the parameter file beside it ------------------------------------------------------------
+_SIZE_FIELDS = ("num_layers", "units", "hidden_size", "num_heads", "vocab_size", "max_length")
+
+
+def estimated_parameter_count(config):
+    """Parameters a config implies (encoder, embeddings, MLM head), computed without building anything."""
+    units, ffn = config.units, config.hidden_size
+    per_layer = 4 * (units * units + units) + 2 * units * ffn + ffn + units + 4 * units
+    embeddings = (config.vocab_size + config.max_length + config.token_type_vocab_size) * units + 2 * units
+    return config.num_layers * per_layer + embeddings
+
+
+def check_config_fits_file(config, params_path, source):
+    """A config JSON claiming sizes its parameter file cannot hold (10^8 layers in a few bytes of JSON) is refused
+    before a model is built from it: each parameter takes at least 2 bytes (float16) in the file."""
+    for field in _SIZE_FIELDS:
+        value = getattr(config, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BortError(f"{source}: {field}={value!r}; expected a positive integer")
+    if os.path.isfile(params_path):
+        needed = 2 * estimated_parameter_count(config)
+        size = os.path.getsize(params_path)
+        if needed > size:
+            raise BortError(f"{source}: describes a model of {needed // 2:,} parameters, more than {params_path} "
+                            f"({size:,} bytes) can hold")
+    return config
+
+
 # ---- training state (<prefix>.state.json) ------------------------------------------------------------------------
 def _fail(path, field, expected, value):
     raise BortError(f"{path}: {field}: expected {expected}, found {type(value).__name__} {str(value)[:40]!r}")

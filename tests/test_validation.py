@@ -152,3 +152,19 @@ def test_state_json_with_the_wrong_structure(tmp_path, edit, field):
         load_training_state(prefix, trainer=None)
     message = str(err.value)
     assert message.startswith(prefix + ".state.json: ") and field in message and "\n" not in message
+
+
+def test_a_config_json_claiming_more_than_its_parameter_file_holds(sst2_checkpoint, tmp_path, capsys):
+    import shutil
+
+    import scripts.predict as predict
+
+    params = tmp_path / "model_bort_SST-2.params"
+    for suffix in (".params", ".task.json"):
+        shutil.copy(sst2_checkpoint.replace(".params", suffix), tmp_path / f"model_bort_SST-2{suffix}")
+    config = json.load(open(sst2_checkpoint.replace(".params", ".json")))
+    (tmp_path / "model_bort_SST-2.json").write_text(json.dumps(dict(config, num_layers=10 ** 8)))
+    err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", str(params), "--data_dir",
+                                          SST2, "--segment", "dev", "--output_dir", str(tmp_path / "p")] + VOCAB,
+                           capsys)
+    assert "model_bort_SST-2.json: describes a model of" in err and "can hold" in err
