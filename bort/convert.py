@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import BortError
 from .io import atomic_path, read_json, write_json
+from .locking import owned_directory
 from .model import ModelConfig, get_config, parameter_shapes
 
 log = logging.getLogger(__name__)
@@ -551,9 +552,9 @@ def gluon_to_hf(params, config, out_dir, arch="bert"):
     source = os.fspath(params) if isinstance(params, (str, os.PathLike)) else "parameters"
     tensors, with_head = gluon_to_tensors(_as_numpy_arrays(params), config, arch, source)
     out = hf_config(config, arch, with_head)
-    os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
-    write_json(os.path.join(out_dir, "config.json"), out)
+    with owned_directory(out_dir, "--output"):  # removed again when this call created it and a write fails
+        write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
+        write_json(os.path.join(out_dir, "config.json"), out)
     return out
 
 

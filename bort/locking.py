@@ -1,7 +1,8 @@
 """A run owns its output directory: an exclusive lock for the run's lifetime, a result set that lands whole.
 
 `hold_directory(path, flag)` takes an exclusive `fcntl.flock` on `<path>/.bort.lock` and keeps it until the
-process exits (the kernel drops it on exit, on a crash and on `kill -9`, so a stale lock never blocks anyone).
+process exits (the kernel drops it on exit, on a crash and on `kill -9`, so a stale lock never blocks anyone;
+a normal exit also removes the file).
 A second run gets one line naming the directory and the PID of the run holding it. Within one process the
 lock is re-entrant, so a library caller can run twice into the same directory. When the run that created the
 directory fails before writing anything into it, the directory is removed again at exit.
@@ -44,20 +45,28 @@ def hold_directory(directory, flag="--output_dir"):
     if key in _held:
         return False
     created = not os.path.isdir(directory)
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise BortError(f"{directory}: cannot create the output directory or its lock file ({err.strerror}; "
-                        f"{flag})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
+    lock_path = os.path.join(directory, LOCK_NAME)
+    while True:
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise BortError(f"{directory}: cannot create the output directory or its lock file ({err.strerror}; "
+                            f"{flag})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BortError(f"{directory}: cannot lock the {flag} directory ({err.strerror})") from None
+            raise BortError(f"{directory}: {flag} is in use by another run ({_holder(lock_path)}); wait for it to "
+                            f"finish or choose another {flag}") from None
+        try:  # the holder removes the file when it lets go: a lock on a removed file is no lock, try again
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise BortError(f"{directory}: cannot lock the {flag} directory ({err.strerror})") from None
-        raise BortError(f"{directory}: {flag} is in use by another run ({_holder(os.path.join(directory, LOCK_NAME))}"
-                        f"); wait for it to finish or choose another {flag}") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
     _held[key] = (fd, created)
@@ -70,10 +79,20 @@ def release_directory(directory, remove_if_unused=False):
     key = os.path.realpath(os.fspath(directory))
     entry = _held.pop(key, None)
     if entry:
-        if remove_if_unused and entry[1]:
-            _remove_if_unused(key)
-        fcntl.flock(entry[0], fcntl.LOCK_UN)
-        os.close(entry[0])
+        _let_go(key, entry, remove_if_unused)
+
+
+def _let_go(key, entry, remove_if_unused):
+    """Remove the lock file (and an unused directory this process created), then unlock."""
+    fd, created = entry
+    if remove_if_unused and created:
+        _remove_if_unused(key)
+    try:
+        os.remove(os.path.join(key, LOCK_NAME))
+    except OSError:
+        pass
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -102,11 +121,8 @@ def _remove_if_unused(directory):
 
 @atexit.register
 def _release_all():
-    for key, (fd, created) in list(_held.items()):
-        if created:
-            _remove_if_unused(key)
-        os.close(fd)
-        _held.pop(key, None)
+    for key in list(_held):
+        _let_go(key, _held.pop(key), remove_if_unused=True)
 
 
 # ---- the result set ----------------------------------------------------------------------------------------------

@@ -48,8 +48,24 @@ def _one_line_error(call, *names):
 
 
 def test_the_untouched_directory_converts(hf_dir):
+    assert sorted(os.listdir(hf_dir)) == ["config.json", "model.safetensors"]  # no lock file left in an export
     config, arrays = convert.hf_to_gluon(hf_dir)
     assert config.num_layers == 2 and "word_embed.0.weight" in arrays
+
+
+def test_export_onto_a_full_disk_leaves_no_directory(hf_dir, tmp_path, monkeypatch):
+    import errno
+
+    config, arrays = convert.hf_to_gluon(hf_dir)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "export"
+    _one_line_error(lambda: convert.gluon_to_hf(arrays, config, out, arch="roberta"), "model.safetensors",
+                    "No space left on device")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("edit, field", [
