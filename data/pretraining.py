@@ -249,7 +249,7 @@ def _sigterm_cleans_up(output_dir):
         _Shutdown.output_dir, _Shutdown.outputs = None, ()
 
 
-def _stop_workers(pool, signum=signal.SIGTERM):
+def _stop_workers(pool, signum):
     try:
         pids = [process.pid for process in list((getattr(pool, "_processes", None) or {}).values())]
     except RuntimeError:  # the pool's manager thread changed the table meanwhile
@@ -295,10 +295,8 @@ def run_chunks(chunks, state, num_workers):
             yield pending.popleft().result()
     except BrokenProcessPool:
         raise BortError("a worker process died unexpectedly (out of memory?); try fewer --num_workers") from None
-    except BaseException:  # Ctrl-C, an error in the main process: do not wait for the running chunks
-        _stop_workers(pool)
-        raise
     finally:
+        # Running chunks finish (workers ignore Ctrl-C); killing them here could hang the pool (see _on_sigterm).
         pool.shutdown(wait=True, cancel_futures=True)
         _Shutdown.pool = None
 
