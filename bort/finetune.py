@@ -20,11 +20,11 @@ from .errors import BortError
 from .heads import TaskModel
 from .io import JsonlLogger, read_json, write_json
 from .locking import file_digests, hold_directory, retract_result
-from .validation import check_finetune_inputs
 from .model import get_config
 from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score
 from .training import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
                        launched_by_horovodrun, set_seed, step_seed, trainable_parameters)
+from .validation import check_finetune_inputs
 
 log = logging.getLogger("bort.finetune")
 PRETRAINED_HELP = ("download bort.params as described in the README ('Pretrained model') and put it at "

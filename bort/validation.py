@@ -25,18 +25,26 @@ def check_vocab_matches(config, tokenizer, source):
                         f"{tokenizer.vocab_size} tokens; pass the vocabulary it was fine-tuned with")
 
 
+def _config_beside(params_path, fallback):
+    """The config JSON beside a parameter file, else `fallback` (the rule of bort.checkpoint.read_config, which
+    imports this module)."""
+    from .model import get_config  # noqa: PLC0415 - keeps this module free of mxnet at import
+
+    path = os.path.splitext(params_path)[0] + ".json"
+    return get_config(path) if os.path.isfile(path) else get_config(fallback)
+
+
 def finetune_model_config(args, tokenizer):
     """(ModelConfig, its source) that a fine-tuning run will use, read from JSON files only (no weights)."""
-    from .checkpoint import read_config  # noqa: PLC0415 - keeps this module free of mxnet at import
-    from .model import get_config  # noqa: PLC0415
-
     if args.model_parameters and os.path.isfile(args.model_parameters):
-        return read_config(args.model_parameters, args.model_config), args.model_parameters
+        return _config_beside(args.model_parameters, args.model_config), args.model_parameters
     source = args.pretrained_parameters
     if not source or source.lower() == "none":
+        from .model import get_config  # noqa: PLC0415
+
         return get_config(args.model_config, vocab_size=tokenizer.vocab_size), f"--model_config {args.model_config}"
     if os.path.isfile(source):
-        return read_config(source, args.model_config), source
+        return _config_beside(source, args.model_config), source
     return None, None
 
 
