@@ -135,9 +135,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     from bort.finetune import check_model_files, run
+    from bort.locking import release_directory
 
     check_model_files(args)
-    result = run(args, tokenizer_from_args(args))
+    try:
+        result = run(args, tokenizer_from_args(args))
+    except BaseException:  # bort.locking: let go of --output_dir now, and remove it if this run created it empty
+        release_directory(args.output_dir, remove_if_unused=True)
+        raise
     if result.get("checkpoint"):
         print(f"checkpoint={result['checkpoint']}")
     if result.get("score") is not None:

@@ -103,6 +103,24 @@ def build_parser():
     return p
 
 
+def check_pretraining_inputs(config, dist):
+    """Shards that fit the student (bort.locking, data.pretraining_format), and one run per --ckpt_dir."""
+    from bort.checkpoint import read_config
+    from bort.locking import hold_directory
+    from bort.model import get_config
+    from data.pretraining_format import check_shards_fit, list_shards
+
+    from bort.store import student_params_path
+
+    params_path = student_params_path(config.student_params, config.pretrained)  # a file or the original's layout
+    student = read_config(params_path, config.model) if params_path else get_config(config.model)
+    shards = list_shards(config.data) + (list_shards(config.data_eval) if config.data_eval else [])
+    check_shards_fit(shards, student.max_length, allow_legacy_pickle=config.allow_legacy_pickle,
+                     what="--data/--data_eval")
+    if dist.is_root:
+        hold_directory(config.ckpt_dir, "--ckpt_dir")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s",
@@ -114,6 +132,7 @@ def main(argv=None):
         preflight(config, args.preflight_workers)
         return
     dist = Distributed()
+    check_pretraining_inputs(config, dist)
     result = pretrain(config, dist)
     if args.summary_json and (result["rank"] == 0 or "{rank}" in args.summary_json):
         write_summary(args.summary_json, result, result["rank"])

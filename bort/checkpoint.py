@@ -13,6 +13,7 @@ import mxnet as mx
 from .errors import BortError
 from .io import atomic_path, read_json, write_json
 from .model import ModelConfig, build_model, get_config
+from .validation import check_config_fits_file, validate_training_state
 
 
 def config_path(params_path):
@@ -118,7 +119,7 @@ def read_config(params_path, fallback=None):
     """The ModelConfig stored beside a params file, else `fallback` (a name, JSON path or ModelConfig)."""
     path = config_path(params_path)
     if os.path.isfile(path):
-        return get_config(path)
+        return check_config_fits_file(get_config(path), params_path, path)  # bort.validation, before building
     if fallback is None:
         raise BortError(f"{params_path}: no config {path} beside it; pass the model config name explicitly")
     return fallback if isinstance(fallback, ModelConfig) else get_config(fallback)
@@ -233,9 +234,7 @@ def read_training_state(prefix):
     for path in (states, meta):
         if not os.path.isfile(path):
             raise BortError(f"{path}: training state not found")
-    state = read_json(meta, "a training state")
-    if not isinstance(state, dict) or not isinstance(state.get("optimizer", {}), dict):
-        raise BortError(f"{meta}: expected a JSON object with an 'optimizer' object")
+    state = validate_training_state(read_json(meta, "a training state"), meta)  # bort.validation
     checksums = state.get("checksums", {})
     if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
         raise BortError(f"{meta}: 'checksums' must map file names to SHA-256 strings")

@@ -25,13 +25,16 @@ What does not map one-to-one:
 """
 import json
 import logging
+import math
 import os
+import re
 import struct
 
 import numpy as np
 
 from .errors import BortError
 from .io import atomic_path, read_json, write_json
+from .locking import owned_directory
 from .model import ModelConfig, get_config, parameter_shapes
 
 log = logging.getLogger(__name__)
@@ -148,17 +151,14 @@ def read_safetensors(path):
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise BortError(f"{path}: tensor {name!r}: header entry needs dtype, shape, data_offsets") from None
+        dtype, shape, begin, end = _header_entry(path, name, info)
         itemsize = 2 if dtype == "BF16" else np.dtype(SAFETENSORS_DTYPES.get(dtype, "u1")).itemsize
         if dtype != "BF16" and dtype not in SAFETENSORS_DTYPES:
             raise BortError(f"{path}: tensor {name!r}: unsupported dtype {dtype}")
         if not 0 <= begin <= end <= data_len:
             raise BortError(f"{path}: tensor {name!r} lies outside the file (bytes {begin}..{end} of "
                             f"{data_len}); the file is truncated")
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize:
+        if end - begin != math.prod(shape) * itemsize:
             raise BortError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {dtype}")
         raw = data[begin:end]
         if dtype == "BF16":
@@ -166,6 +166,26 @@ def read_safetensors(path):
         else:
             tensors[name] = np.array(raw.view(SAFETENSORS_DTYPES[dtype]).reshape(shape))
     return tensors
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_entry(path, name, info):
+    """(dtype, shape, begin, end) of one safetensors header entry, with every field's type checked."""
+    expected = "an object with dtype (string), shape (list of non-negative integers) and data_offsets " \
+               "(two non-negative integers)"
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise BortError(f"{path}: tensor {name!r}: header entry must be {expected}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str):
+        raise BortError(f"{path}: tensor {name!r}: dtype {dtype!r} is not a string; expected {expected}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise BortError(f"{path}: tensor {name!r}: shape {shape!r}; expected a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise BortError(f"{path}: tensor {name!r}: data_offsets {offsets!r}; expected two non-negative integers")
+    return dtype, tuple(shape), offsets[0], offsets[1]
 
 
 def write_safetensors(path, tensors, metadata=None):
@@ -198,11 +218,20 @@ def _read_torch_bin(path):
     except ImportError:
         raise BortError(f"{path}: reading pytorch_model.bin needs torch (pip install torch); "
                         "or save the checkpoint as model.safetensors") from None
+    import pickle  # noqa: PLC0415
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never pass that on.
+        raise BortError(f"{path}: refused: the file holds Python objects other than tensors, and loading them could "
+                        "run code from the file; convert a checkpoint you trust to model.safetensors instead") \
+            from None
     except Exception as err:  # noqa: BLE001 - any failure means the file is not a usable checkpoint
-        raise BortError(f"{path}: not a readable PyTorch state dict ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        if "weights_only" in first:
+            first = "it holds objects other than tensors"
+        raise BortError(f"{path}: not a readable PyTorch state dict ({type(err).__name__}: {first})") from None
     if not isinstance(state, dict):
         raise BortError(f"{path}: expected a state dict of named tensors, found {type(state).__name__}")
     out = {}
@@ -221,14 +250,32 @@ def read_hf_weights(hf_dir):
             return reader(os.path.join(hf_dir, single))
         index_path = os.path.join(hf_dir, index)
         if os.path.isfile(index_path):
-            weight_map = _read_json(index_path).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise BortError(f"{index_path}: expected a 'weight_map' object")
             tensors = {}
-            for shard in sorted(set(weight_map.values())):
-                tensors.update(reader(os.path.join(hf_dir, shard)))
+            for shard in _index_shards(hf_dir, index_path):
+                tensors.update(reader(shard))
             return tensors
     raise BortError(f"{hf_dir}: no model.safetensors or pytorch_model.bin (or their .index.json) found")
+
+
+def _index_shards(hf_dir, index_path):
+    """The shard files an index.json names: plain file names inside `hf_dir`, each existing."""
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise BortError(f"{index_path}: expected a JSON object with a non-empty 'weight_map' object "
+                        "(tensor name -> shard file)")
+    root = os.path.realpath(hf_dir)
+    shards = []
+    for name, shard in sorted(weight_map.items()):
+        if not isinstance(shard, str) or not shard:
+            raise BortError(f"{index_path}: weight_map[{name!r}] = {shard!r}; expected a shard file name")
+        path = os.path.join(hf_dir, shard)
+        if os.path.isabs(shard) or os.path.dirname(os.path.realpath(path)) != root:
+            raise BortError(f"{index_path}: weight_map[{name!r}] = {shard!r} points outside {hf_dir}; expected "
+                            "a file name in the same directory")
+        if path not in shards:
+            shards.append(path)
+    return sorted(shards)
 
 
 def _read_json(path):
@@ -240,6 +287,8 @@ def _read_json(path):
 # ---------------------------------------------------------------------------------------------
 def config_from_hf(hf, source="config.json"):
     """(ModelConfig, arch) from an HF config.json dict; refuses what our model does not implement."""
+    if not isinstance(hf, dict):
+        raise BortError(f"{source}: expected config.json to be a JSON object, found {type(hf).__name__}")
     arch = hf.get("model_type")
     if arch not in ARCHS:
         raise BortError(f"{source}: model_type {arch!r} is not supported; expected 'bert' or 'roberta'")
@@ -248,8 +297,9 @@ def config_from_hf(hf, source="config.json"):
     absent = [k for k in needed if k not in hf]
     if absent:
         raise BortError(f"{source}: missing fields {absent}")
+    _check_hf_numbers(hf, source)
     act = hf.get("hidden_act", "gelu")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
         raise BortError(f"{source}: hidden_act {act!r} is not implemented here; supported: {sorted(ACTIVATIONS)}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise BortError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported; "
@@ -259,13 +309,13 @@ def config_from_hf(hf, source="config.json"):
     if hf.get("embedding_size", hf["hidden_size"]) != hf["hidden_size"]:
         raise BortError(f"{source}: embedding_size != hidden_size is not supported")
     pad_id = hf.get("pad_token_id")
-    pad_id = (0 if arch == "bert" else 1) if pad_id is None else int(pad_id)
+    pad_id = (0 if arch == "bert" else 1) if pad_id is None else pad_id
     offset = position_offset(arch, pad_id)
     max_length = hf["max_position_embeddings"] - offset
     if max_length < 1:
         raise BortError(f"{source}: max_position_embeddings={hf['max_position_embeddings']} leaves no positions "
                         f"after the {offset} reserved rows")
-    type_vocab = int(hf.get("type_vocab_size", 2 if arch == "bert" else 1))
+    type_vocab = hf.get("type_vocab_size", 2 if arch == "bert" else 1)
     try:
         config = ModelConfig(
             num_layers=hf["num_hidden_layers"], units=hf["hidden_size"], hidden_size=hf["intermediate_size"],
@@ -276,6 +326,48 @@ def config_from_hf(hf, source="config.json"):
     except BortError as err:
         raise BortError(f"{source}: {err}") from None
     return config, arch
+
+
+_POSITIVE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
+                    "max_position_embeddings")
+_OPTIONAL_COUNTS = ("type_vocab_size", "pad_token_id", "embedding_size")
+_OPTIONAL_FLOATS = ("hidden_dropout_prob", "layer_norm_eps")
+
+
+def _check_hf_numbers(hf, source):
+    """Sizes must be positive integers, ids non-negative integers, rates numbers: checked before anything is built."""
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key in _POSITIVE_FIELDS:
+        if not is_int(hf[key]) or hf[key] < 1:
+            raise BortError(f"{source}: {key}={hf[key]!r}; expected a positive integer")
+    for key in _OPTIONAL_COUNTS:
+        if hf.get(key) is not None and (not is_int(hf[key]) or hf[key] < 0):
+            raise BortError(f"{source}: {key}={hf[key]!r}; expected a non-negative integer")
+    for key in _OPTIONAL_FLOATS:
+        value = hf.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0
+                                  or value != value):
+            raise BortError(f"{source}: {key}={value!r}; expected a non-negative number")
+    if hf["hidden_size"] % hf["num_attention_heads"]:
+        raise BortError(f"{source}: hidden_size={hf['hidden_size']} is not divisible by "
+                        f"num_attention_heads={hf['num_attention_heads']}")
+    if hf.get("pad_token_id") is not None and hf["pad_token_id"] >= hf["vocab_size"]:
+        raise BortError(f"{source}: pad_token_id={hf['pad_token_id']} is outside the vocabulary of "
+                        f"{hf['vocab_size']}")
+
+
+_LAYER_NUMBER = re.compile(r"(?:^|\.)(?:encoder\.layer|transformer_cells)\.(\d+)\.")
+
+
+def check_layer_count(num_layers, names, source):
+    """Refuse a config that claims more (or fewer) layers than the weights hold, before any per-layer table is
+    built (a 10-byte config claiming 10^8 layers must not allocate gigabytes)."""
+    found = {int(m.group(1)) for m in map(_LAYER_NUMBER.search, names) if m}
+    held = max(found) + 1 if found else 0
+    if num_layers != held:
+        raise BortError(f"{source}: the config says {num_layers} layers but the weights hold {held}")
 
 
 def hf_config(config, arch="bert", with_head=True):
@@ -341,6 +433,7 @@ def convert_hf_state(tensors, hf, source="checkpoint"):
         raise BortError(f"{source}: BERT's MLM head uses {hf.get('hidden_act')!r}; ours uses erf GELU")
     if with_head and hf.get("tie_word_embeddings") is False:
         raise BortError(f"{source}: tie_word_embeddings is false; our MLM decoder is tied to the word embeddings")
+    check_layer_count(config.num_layers, tensors, source)
     table = name_table(config.num_layers, arch, with_head, prefix)
     aliases = HEAD_ALIASES[arch]
     if with_head and table[-1][1] not in tensors and aliases["bias"] in tensors:
@@ -430,6 +523,7 @@ def _as_numpy_arrays(params):
 def gluon_to_tensors(arrays, config, arch="bert", source="parameters"):
     """({HF name: array}, with_head) from our arrays; validates names and shapes strictly."""
     with_head = any(n.startswith("decoder.") for n in arrays)
+    check_layer_count(config.num_layers, arrays, source)
     _check_shapes(arrays, config, with_head, source, allow_missing=("decoder.3.weight",))
     if with_head and "decoder.3.weight" in arrays and \
             not np.array_equal(arrays["decoder.3.weight"], arrays["word_embed.0.weight"]):
@@ -458,9 +552,9 @@ def gluon_to_hf(params, config, out_dir, arch="bert"):
     source = os.fspath(params) if isinstance(params, (str, os.PathLike)) else "parameters"
     tensors, with_head = gluon_to_tensors(_as_numpy_arrays(params), config, arch, source)
     out = hf_config(config, arch, with_head)
-    os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
-    write_json(os.path.join(out_dir, "config.json"), out)
+    with owned_directory(out_dir, "--output"):  # removed again when this call created it and a write fails
+        write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, metadata={"format": "pt"})
+        write_json(os.path.join(out_dir, "config.json"), out)
     return out
 
 

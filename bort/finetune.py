@@ -19,11 +19,13 @@ from .checkpoint import load_parameters, read_config, save_parameters
 from .errors import BortError
 from .heads import TaskModel
 from .io import JsonlLogger, read_json, write_json
+from .locking import file_digests, hold_directory, retract_result
 from .model import get_config
 from .precision import choose_context
 from .tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score, read_options, submission_options
 from .training import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
                        launched_by_horovodrun, set_seed, step_seed, trainable_parameters)
+from .validation import check_finetune_inputs
 
 log = logging.getLogger("bort.finetune")
 PRETRAINED_HELP = ("download bort.params as described in the README ('Pretrained model') and put it at "
@@ -246,6 +248,7 @@ def run(args, tokenizer):
             raise BortError(f"--{flag}: must be positive, got {getattr(args, flag)}")
     if args.max_len < 8:
         raise BortError(f"--max_len: must be at least 8, got {args.max_len}")
+    check_finetune_inputs(args, tokenizer)  # bort.validation: --max_len and vocabulary against the model
     dist = Distributed(use_horovod=launched_by_horovodrun() and not args.no_distributed)
     ctx = context(args, dist)
     set_seed(args.seed)
@@ -254,7 +257,9 @@ def run(args, tokenizer):
         raise BortError(f"--model_parameters: required with --only_inference (and for {task.name}, which has no "
                         "training data); pass a checkpoint written by finetune_bort.py")
     data = Data(task, args, tokenizer, train=not only_inference)
-    if dist.is_root:  # only rank 0 writes (the other ranks' file systems may be other machines')
+    if dist.is_root:  # only rank 0 writes; bort.locking: one run per --output_dir; the old result.json goes first
+        hold_directory(args.output_dir, "--output_dir")
+        retract_result(args.output_dir)
         os.makedirs(args.output_dir, exist_ok=True)
     logger = JsonlLogger(os.path.join(args.output_dir, "metrics.jsonl") if dist.is_root else None)
     ckpt = os.path.join(args.output_dir, f"model_bort_{task.name}.params")
@@ -295,6 +300,8 @@ def run(args, tokenizer):
             result["dev"][f"{name}:{segment}"] = metrics
         log.info("wrote %s (%d predictions)", path, len(preds))
     result["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    result["files"] = file_digests(args.output_dir, [ckpt, os.path.splitext(ckpt)[0] + ".json", task_meta_path(ckpt)]
+                                   + result["submissions"])  # result.json is written last: the set's manifest
     write_json(os.path.join(args.output_dir, "result.json"), result)
     dist.shutdown()
     return result

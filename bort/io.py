@@ -5,11 +5,14 @@ released MRPC files and files saved by Windows editors start with one), with one
 Output: `atomic_write` / `atomic_path` write to a temporary name beside the target and rename when complete.
 """
 import contextlib
+import errno
 import json
 import os
 import tempfile
 
 from .errors import BortError
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
 @contextlib.contextmanager
@@ -31,9 +34,11 @@ def atomic_path(path):
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:  # full disk: one line, no partial file
+            raise BortError(f"{path}: cannot write ({os.strerror(err.errno)}); nothing was written") from None
         raise
 
 

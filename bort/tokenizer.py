@@ -26,6 +26,9 @@ import sys
 from .errors import BortError, run_cli
 from .io import strip_bom
 
+MAX_ID_GAPS = 1024
+# Vocabulary entries that are not BPE products: special tokens (<s>, <|endoftext|>) and fairseq's fillers.
+_NOT_BPE_TOKEN = re.compile(r"<[^<>]*>|madeupword\d+")
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 SPECIAL_NAMES = ("bos", "pad", "eos", "unk", "mask")  # in the order of ROBERTA_SPECIALS
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -195,6 +198,9 @@ class ByteBPETokenizer:
         self._special_ids = {name: self._token_to_id[tok] for name, tok in self._specials.items()}
         special_tokens = set(self._specials.values())
         self.vocab_size = max(self._token_to_id.values()) + 1
+        if self.vocab_size > 2 * len(self._token_to_id) + MAX_ID_GAPS:  # before allocating id tables
+            raise BortError(f"{source}: id {self.vocab_size - 1} is far beyond the {len(self._token_to_id)} tokens; "
+                            "expected ids 0..N-1 with few gaps")
         self._id_to_token = [None] * self.vocab_size
         for token, idx in self._token_to_id.items():
             self._id_to_token[idx] = token
@@ -206,6 +212,7 @@ class ByteBPETokenizer:
             if left + right not in self._token_to_id and "unk" not in self._special_ids:
                 raise BortError(f"{merges_source}: merge {lineno} ({left} {right}): merged token is not in "
                                 f"{source}")
+        self._check_merges_complete(merges, special_tokens, merges_source)
         # id -> bytes for decoding; special tokens (and unknown symbols) decode to their literal text
         self._id_bytes = []
         self._word_start = []
@@ -222,6 +229,18 @@ class ByteBPETokenizer:
                 self._word_start.append(raw[:1].isspace())
             self._id_bytes.append(raw)
         self._cache = {}
+
+    def _check_merges_complete(self, merges, special_tokens, merges_source):
+        """Every multi-symbol BPE token of the vocabulary must come out of some merge: a merges file cut at a
+        line boundary parses fine but silently stops producing its last tokens."""
+        produced = {left + right for left, right in merges}
+        orphans = [token for token in self._token_to_id
+                   if len(token) > 1 and token not in produced and token not in special_tokens
+                   and all(ch in self._byte_decoder for ch in token) and not _NOT_BPE_TOKEN.fullmatch(token)]
+        if orphans:
+            raise BortError(f"{merges_source}: {len(orphans)} vocabulary token(s) come from no merge (first "
+                            f"{orphans[0]!r}); the merges file ({len(merges)} merges) looks truncated or belongs to "
+                            "another vocabulary")
 
     def __getstate__(self):  # worker processes get the tokenizer without its (possibly large) word cache
         state = dict(self.__dict__)

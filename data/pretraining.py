@@ -13,13 +13,17 @@ The reader side (`load_shard`, `list_shards`, `batchify`) lives in `data.pretrai
 re-exported here.
 """
 import collections
+import contextlib
+import ctypes
 import dataclasses
 import glob
 import logging
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +32,7 @@ import numpy as np
 
 from bort.errors import BortError
 from bort.io import write_json
+from bort.locking import owned_directory, release_directory
 from data.pretraining_format import (FORMAT_VERSION, Instance, InstanceBatch, PretrainingShard,  # noqa: F401
                                      ShardWriter, batchify, expand_paths, list_shards, load_shard, write_shard)
 from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
@@ -181,11 +186,77 @@ def process_chunk(chunk, tokenizer, options, vocab, skip_invalid_utf8=False):
 
 
 _WORKER_STATE = {}
+_PR_SET_PDEATHSIG = 1
 
 
-def _init_worker(state):
+def _die_with_parent(parent_pid):
+    """Linux: have the kernel kill this worker when the process that forked it exits, even by `kill -9`.
+    With a fork server the parent is the server, which itself exits when the main process goes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: workers still stop when the pool is shut down
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(state, parent_pid=None):
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _WORKER_STATE.clear()
     _WORKER_STATE.update(state)
+
+
+class _Shutdown:
+    """What the SIGTERM handler cleans up: the running pool's workers, this run's shards and temporary files."""
+
+    pool = None
+    output_dir = None
+    outputs = ()
+    message = "error: terminated by SIGTERM; workers stopped, no shard written\n"
+
+
+def _on_sigterm(signum, frame):
+    """Stop at once, like SIGTERM's default action, but without leaving workers or shards behind. Unwinding
+    with an exception instead could interrupt the pool's manager thread in the middle of a message from a
+    killed worker and hang the shutdown forever."""
+    if _Shutdown.pool is not None:
+        _stop_workers(_Shutdown.pool, signal.SIGKILL)
+    if _Shutdown.output_dir:
+        for path in list(_Shutdown.outputs) + glob.glob(os.path.join(glob.escape(_Shutdown.output_dir),
+                                                                     ".part-*.npz.*.tmp")):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        release_directory(_Shutdown.output_dir, remove_if_unused=True)
+    with contextlib.suppress(OSError):
+        sys.stderr.write(_Shutdown.message)
+        sys.stderr.flush()
+    os._exit(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up(output_dir):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Shutdown.output_dir, _Shutdown.outputs = output_dir, ()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _Shutdown.output_dir, _Shutdown.outputs = None, ()
+
+
+def _stop_workers(pool, signum):
+    try:
+        pids = [process.pid for process in list((getattr(pool, "_processes", None) or {}).values())]
+    except RuntimeError:  # the pool's manager thread changed the table meanwhile
+        pids = []
+    for pid in pids:
+        with contextlib.suppress(OSError, TypeError):
+            os.kill(pid, signum)
 
 
 def _process_in_worker(chunk):
@@ -210,8 +281,11 @@ def run_chunks(chunks, state, num_workers):
         for chunk in chunks:
             yield process_chunk(chunk, **state)
         return
-    pool = ProcessPoolExecutor(num_workers, mp_context=_mp_context(), initializer=_init_worker, initargs=(state,))
+    context = _mp_context()
+    parent = os.getpid() if context.get_start_method() == "fork" else None
+    pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=(state, parent))
     pending = collections.deque()
+    _Shutdown.pool = pool
     try:
         for chunk in chunks:
             pending.append(pool.submit(_process_in_worker, chunk))
@@ -222,7 +296,9 @@ def run_chunks(chunks, state, num_workers):
     except BrokenProcessPool:
         raise BortError("a worker process died unexpectedly (out of memory?); try fewer --num_workers") from None
     finally:
+        # Running chunks finish (workers ignore Ctrl-C); killing them here could hang the pool (see _on_sigterm).
         pool.shutdown(wait=True, cancel_futures=True)
+        _Shutdown.pool = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,12 +306,12 @@ def run_chunks(chunks, state, num_workers):
 
 
 def _prepare_output_dir(output_dir):
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as err:
-        raise BortError(f"{output_dir}: cannot create the output directory ({err.strerror})") from None
+    """Check the (locked) output directory and remove temporary files a killed earlier run left behind."""
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise BortError(f"{output_dir}: output directory is not writable")
+    for leftover in glob.glob(os.path.join(glob.escape(output_dir), ".part-*.npz.*.tmp")):
+        with contextlib.suppress(OSError):
+            os.remove(leftover)
 
 
 def _describe_instance(tokenizer, batch):
@@ -267,6 +343,20 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
     if not input_files:
         raise BortError("no input files given")
     total_lines = count_lines(input_files)  # also checks that every file can be read, before any work
+    # One run per output directory (removed again if this run created it and fails); SIGTERM stops the workers.
+    with owned_directory(output_dir, "--output_dir"), _sigterm_cleans_up(output_dir):
+        try:
+            return _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8,
+                           progress, chunk_bytes, extra_summary, total_lines, start)
+        except OSError as err:
+            if isinstance(err, FileNotFoundError) or err.errno is None:
+                raise
+            raise BortError(f"{output_dir}: cannot write shards there ({err.strerror}); no shard was written") \
+                from None
+
+
+def _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8, progress,
+            chunk_bytes, extra_summary, total_lines, start):
     _prepare_output_dir(output_dir)
     vocab = MaskingVocab.from_tokenizer(tokenizer, options.whole_word_mask)
     metadata = {"vocab_size": vocab.vocab_size, "pad_id": vocab.eos_id if vocab.pad_id is None else vocab.pad_id,
@@ -279,10 +369,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
     from tqdm import tqdm
 
     try:
-        try:
-            writers = [ShardWriter(path, metadata) for path in shard_paths]
-        except OSError as err:
-            raise BortError(f"{output_dir}: cannot write shards there ({err.strerror})") from None
+        writers = [ShardWriter(path, metadata) for path in shard_paths]
         with tqdm(total=total_lines, unit="line", unit_scale=True, disable=not progress, desc="lines",
                   smoothing=0.1) as bar:
             chunks = iter_chunks(input_files, chunk_bytes)
@@ -308,6 +395,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
         if totals["instances"] < num_outputs:
             raise BortError(f"--num_outputs {num_outputs}: only {totals['instances']} instances were created; "
                             "expected at least one per output (lower --num_outputs)")
+        _Shutdown.outputs = shard_paths  # from here on, a SIGTERM removes this run's shards again
         for writer in writers:
             writer.close()
     except BaseException:
@@ -328,6 +416,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
     if extra_summary:
         summary.update(extra_summary)
     write_json(os.path.join(output_dir, SUMMARY_NAME), summary)
+    _Shutdown.outputs = ()
     logger.info("%d lines, %d documents, %d tokens -> %d instances (%d masked positions) in %d shard(s) in %.1f s: "
                 "%.0f tokens/s with %d worker(s)%s", totals["lines"], totals["documents"], totals["tokens"],
                 totals["instances"], totals["masked_positions"], num_outputs, seconds, totals["tokens"] / seconds,

@@ -248,6 +248,25 @@ def _check(path, condition, what):
         raise BortError(f"{path}: {what}")
 
 
+def _validate_ranges(path, batch, metadata):
+    """Token ids and labels inside the shard's vocabulary, lengths within its max_seq_length: MXNet's Embedding
+    clips out-of-range ids, so a bad id would otherwise train silently on the wrong row."""
+    vocab_size, max_len = metadata.get("vocab_size"), metadata.get("max_seq_length")
+    if vocab_size is not None:
+        _check(path, vocab_size > 0, f"vocab_size: expected a positive integer, found {vocab_size}")
+        for name, ids in (("input_ids", batch.input_ids), ("masked_lm_ids", batch.masked_ids)):
+            bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
+            _check(path, not len(bad), f"{name}: id {ids[bad[0]] if len(bad) else 0} at index "
+                                       f"{bad[0] if len(bad) else 0} is outside the vocabulary (0..{vocab_size - 1})")
+    _check(path, not len(batch.segment_ids) or batch.segment_ids.min() >= 0, "segment_ids: expected ids >= 0")
+    labels = batch.next_sentence_labels
+    _check(path, np.all((labels == 0) | (labels == 1)), "next_sentence_labels: expected 0 or 1")
+    if max_len is not None and len(batch):
+        longest = int(np.diff(batch.input_offsets).max())
+        _check(path, longest <= max_len, f"an instance of {longest} tokens is longer than the shard's "
+                                         f"max_seq_length {max_len}")
+
+
 def _validate(path, batch):
     n = len(batch)
     for name, offsets, flat in (("input_offsets", batch.input_offsets, batch.input_ids),
@@ -336,7 +355,55 @@ def load_shard(path, allow_legacy_pickle=False):
             zipfile.BadZipFile) as err:
         raise BortError(f"{path}: corrupt or truncated shard ({type(err).__name__}: {_one_line(err)})") from None
     _validate(path, batch)
+    _validate_ranges(path, batch, metadata)
     return PretrainingShard(batch, metadata, path=path, legacy=legacy)
+
+
+def read_shard_metadata(path, allow_legacy_pickle=False):
+    """A shard's metadata without reading its instances: vocab_size, max_seq_length, ... (legacy shards, which
+    have none, are loaded and measured: vocab_size is then the smallest vocabulary that holds their ids)."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "input_offsets" in npz.files:
+                return {name: int(_integer(path, npz, name, ndim=0)) for name in METADATA_FIELDS
+                        if name in npz.files}
+    except BortError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise BortError(f"{path}: corrupt or truncated shard ({type(err).__name__}: {_one_line(err)})") from None
+    shard = load_shard(path, allow_legacy_pickle=allow_legacy_pickle)
+    ids = np.concatenate([shard.batch.input_ids, shard.batch.masked_ids])
+    return {"min_vocab_size": int(ids.max()) + 1 if len(ids) else 0,
+            "max_seq_length": int(shard.lengths.max()) if len(shard) else 0}
+
+
+def check_shards_fit(paths, max_length, vocab_size=None, allow_legacy_pickle=False, what="--data"):
+    """Refuse shards a model cannot train on: shards of different vocabularies, a vocabulary other than
+    `vocab_size` (the model's, when given), instances longer than the model's `max_length` positions. Reads only
+    each shard's metadata; the pretrainer calls it with the student's config before training. Returns the
+    shards' vocab_size (None for legacy shards)."""
+    first = None
+    for path in paths:
+        meta = read_shard_metadata(path, allow_legacy_pickle)
+        size = meta.get("vocab_size")
+        if size is not None:
+            if first is None:
+                first = (path, size)
+            elif size != first[1]:
+                raise BortError(f"{path}: vocab_size {size} differs from {first[0]}'s {first[1]}; all "
+                                f"{what} shards must come from one vocabulary")
+            if vocab_size is not None and size != vocab_size:
+                raise BortError(f"{path}: vocab_size {size} differs from the model's {vocab_size}")
+        elif vocab_size is not None and meta.get("min_vocab_size", 0) > vocab_size:
+            raise BortError(f"{path}: token id {meta['min_vocab_size'] - 1} is outside the model's vocabulary of "
+                            f"{vocab_size}")
+        longest = meta.get("max_seq_length")
+        if longest is not None and longest > max_length:
+            raise BortError(f"{path}: instances of up to {longest} tokens (max_seq_length) do not fit the model's "
+                            f"{max_length} positions; regenerate the shards with --max_seq_length {max_length} "
+                            "or smaller")
+    return first[1] if first else None
 
 
 def expand_paths(spec, directory_pattern="*", what="files"):

@@ -20,6 +20,7 @@ import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before mxnet is imported)
 from bort.errors import run_cli  # noqa: E402
 from bort.tasks import get_task, task_names  # noqa: E402
 from bort.tokenizer import add_tokenizer_args, tokenizer_from_args  # noqa: E402
+from bort.validation import check_max_len, check_positive, check_segment, check_vocab_matches  # noqa: E402
 
 log = logging.getLogger("predict")
 
@@ -57,8 +58,14 @@ def main(argv=None):
     from bort.io import atomic_write
 
     task = get_task(args.task_name)
+    check_positive(args, ("batch_size", "max_len", "calib_size"))  # bort.validation: flags, then the model
+    check_segment(task, args.segment)
+    if args.calib_segment:
+        check_segment(task, args.calib_segment, "--calib_segment")
     tokenizer = tokenizer_from_args(args)
     model = load_task_checkpoint(args.model_parameters, task)
+    check_vocab_matches(model.config, tokenizer, args.model_parameters)
+    check_max_len(min(args.max_len, model.config.max_length), model.config, args.model_parameters)
     max_len = min(args.max_len, model.config.max_length)
     examples = task.read(args.segment, args.data_dir)
     instances = task.encode(examples, tokenizer, max_len)
