@@ -44,7 +44,8 @@ def get_parser():
     p.add_argument("--warmup_ratio", type=float, default=0.1, help="fraction of the steps spent warming up")
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--dropout", type=float, default=0.1, help="dropout of the task head")
-    p.add_argument("--max_len", type=int, default=512, help="maximum sequence length (with special tokens)")
+    p.add_argument("--max_len", type=int, default=None,
+                   help="maximum sequence length with special tokens (default 512, or the model's positions if fewer)")
     p.add_argument("--seed", type=int, default=2)
     p.add_argument("--gpu", type=int, default=None, help="GPU to use; 999 or unset: CPU")
     p.add_argument("--accumulate", type=int, default=None, help="batches per update (gradient accumulation)")

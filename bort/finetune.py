@@ -246,7 +246,7 @@ def run(args, tokenizer):
     for flag in ("batch_size", "dev_batch_size", "max_len", "epochs", "log_interval"):
         if getattr(args, flag) is not None and getattr(args, flag) <= 0:
             raise BortError(f"--{flag}: must be positive, got {getattr(args, flag)}")
-    if args.max_len < 8:
+    if args.max_len is not None and args.max_len < 8:
         raise BortError(f"--max_len: must be at least 8, got {args.max_len}")
     check_finetune_inputs(args, tokenizer)  # bort.validation: --max_len and vocabulary against the model
     dist = Distributed(use_horovod=launched_by_horovodrun() and not args.no_distributed)

@@ -7,6 +7,7 @@ import os
 from .errors import BortError
 
 MIN_MAX_LEN = 8
+DEFAULT_MAX_LEN = 512  # the original's --max_len
 
 
 def check_max_len(max_len, config, source, flag="--max_len"):
@@ -51,6 +52,8 @@ def finetune_model_config(args, tokenizer):
 def check_finetune_inputs(args, tokenizer):
     """--max_len within the model's positions; a fine-tuned checkpoint's vocabulary equal to the tokenizer's."""
     config, source = finetune_model_config(args, tokenizer)
+    if args.max_len is None:  # not given: the original's 512, or fewer for a model with fewer positions
+        args.max_len = min(DEFAULT_MAX_LEN, config.max_length) if config is not None else DEFAULT_MAX_LEN
     if config is None:
         return
     check_max_len(args.max_len, config, source)
