@@ -22,7 +22,7 @@ STEPS, TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
 def _launch(args, cwd, **env):
     run_env = dict(os.environ, PYTHON=sys.executable, **env)
     return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=1800)
 
 
 def _held_out_top1(run_dir, params):
