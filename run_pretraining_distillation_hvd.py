@@ -51,6 +51,13 @@ def build_parser():
                    help="teacher: a .params file, a directory with one .params file, or a local HF directory; "
                         "without it the teacher is randomly initialized (only sensible for tests)")
     g.add_argument("--dropout", type=float, default=None, help="override the student's dropout")
+    # --teacher_cache hook (bort.teacher_cache, scripts/cache_teacher.py)
+    g.add_argument("--teacher_cache", nargs="?", const="beside", default=None, metavar="DIR",
+                   help="train from the teacher's top-k cached by scripts/cache_teacher.py in DIR (alone or "
+                        "'beside': the caches next to the shards) instead of running the teacher; with "
+                        "--teacher_ckpt_dir the caches are checked against that teacher")
+    g.add_argument("--teacher_cache_topk", type=int, default=None,
+                   help="require caches of this k (default: any, the same for every shard)")
     g = p.add_argument_group("loss")
     g.add_argument("--teacher_ce_weight", type=float, default=D.teacher_ce_weight,
                    help="weight of T^2 KL(teacher || student) on masked positions")

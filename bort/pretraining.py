@@ -35,7 +35,9 @@ import numpy as np
 
 from .checkpoint import (_finish_deferred_init, load_parameters, load_training_state, read_config,
                          save_parameters, save_training_state)
-from .distill import DistillationLoss, load_teacher, prediction_counts
+from . import teacher_cache  # --teacher_cache hook
+from .distill import DistillationLoss, load_teacher
+from .topk_distill import TopKDistillationLoss, prediction_counts, teacher_from_batch  # --teacher_cache hook
 from .errors import BortError
 from .io import JsonlLogger, write_json
 from .model import build_model, get_config
@@ -88,6 +90,9 @@ class PretrainConfig:
     allow_legacy_pickle: bool = False
     prefetch: int = 4
     stop_at_step: int = None  # stop after this step as if killed (tests of resume)
+    # --teacher_cache hook (bort.teacher_cache): train from the teacher's cached top-k instead of running it
+    teacher_cache: str = None
+    teacher_cache_topk: int = None
     progress: bool = True
 
 
@@ -149,11 +154,15 @@ class SlotStream:
                 shard = load_shard(path, allow_legacy_pickle=cfg.allow_legacy_pickle)
                 if not len(shard):
                     raise BortError(f"{path}: shard holds no instances")
+                # --teacher_cache hook: the shard's checked cache; its rows go into every batch below
+                cache = teacher_cache.reader_for(cfg).open(path, shard) if cfg.teacher_cache else None
                 pad_id = int(shard.metadata.get("pad_id", self.pad_id)) if shard.metadata else self.pad_id
                 batches = shard_batches(shard.lengths, self.batch_size, cfg.num_buckets, cfg.use_avg_len,
                                         self.shuffle, _rng(self.seed, epoch, index))
                 while batch_i < len(batches):
                     arrays = batchify([shard[int(j)] for j in batches[batch_i]], pad_id)
+                    if cache is not None:  # --teacher_cache hook
+                        arrays.update(cache.batch(batches[batch_i]))
                     batch_i += 1
                     yield arrays, {"epoch": epoch, "shard": shard_i, "batch": batch_i}
                 shard_i, batch_i = shard_i + 1, 0
@@ -242,6 +251,8 @@ def eval_batches(config, dist):
     split = len(paths) >= dist.size
     mine = split_shards(paths, dist.size, dist.rank, "--data_eval") if split else list(enumerate(paths))
     eval_config = dataclasses.replace(config, batch_size=config.batch_size_eval)
+    if config.teacher_cache and not teacher_cache.reader_for(config).has_caches(paths):  # --teacher_cache hook
+        eval_config = dataclasses.replace(eval_config, teacher_cache=None)  # evaluate without the teacher
     stream = SlotStream(mine, eval_config, seed=0, shuffle=False, epochs=1)
     batches = (arrays for arrays, _ in stream)
     if config.num_eval_steps:
@@ -402,13 +413,17 @@ def summarize(sums):
             "tokens": int(sums["tokens"])}
 
 
-def forward_backward(student, teacher, loss_fn, batch, scale=1.0, before_student=None):
+def forward_backward(student, teacher, loss_fn, batch, scale=1.0, before_student=None, cached_teacher=None):
     """One micro-batch: teacher forward (no gradients), student forward, loss, backward of loss × `scale`.
     `before_student()` runs between the two forwards (the per-step reseeding: a hybridized teacher's first call
     draws from MXNet's RNG, so the seed must be set after it for dropout to be reproducible across a resume).
+    `cached_teacher` (a bort.topk_distill.CachedTopK, --teacher_cache) replaces the teacher forward.
     Returns (loss dict, student logits, teacher logits, labels, weights)."""
     inputs, valid_length, positions, labels, weights = batch
-    teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
+    if cached_teacher is not None:  # --teacher_cache hook
+        teacher_logits = cached_teacher
+    else:
+        teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
     if before_student is not None:
         before_student()
     with mx.autograd.record():
@@ -424,7 +439,9 @@ def evaluate(model, teacher, loss_fn, batches, ctx, dtype, dist=None, is_teacher
     totals = Totals()
     for arrays in batches:
         inputs, valid_length, positions, labels, weights = to_nd(arrays, ctx, dtype)
-        teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
+        teacher_logits = teacher_from_batch(arrays, ctx)  # --teacher_cache hook: None without a cache
+        if teacher_logits is None:
+            teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
         if is_teacher:
             logits = teacher_logits
         else:
@@ -461,6 +478,8 @@ def check_config(config):
     for name in ("log_interval", "ckpt_interval"):
         if getattr(config, name) < 1:
             raise BortError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    if config.teacher_cache:  # --teacher_cache hook
+        teacher_cache.check_config(config)
 
 
 def pretrain(config, dist=None):
@@ -483,7 +502,8 @@ def pretrain(config, dist=None):
 
     set_seed(config.seed)
     student, model_config = build_student(config, vocab_size, ctx)
-    teacher = build_teacher(config, vocab_size, ctx, dtype)
+    # --teacher_cache hook: no teacher in memory; the cached top-k comes with the data
+    teacher = None if config.teacher_cache else build_teacher(config, vocab_size, ctx, dtype)
     if dtype == "float16":
         student.cast("float16")
     params = trainable_parameters(student)
@@ -497,8 +517,9 @@ def pretrain(config, dist=None):
         for param in params.values():
             param.grad_req = "add"
     schedule = LinearWarmupDecay(config.lr, config.num_steps, int(config.num_steps * config.warmup_ratio))
-    loss_fn = DistillationLoss(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
-                               legacy=config.legacy_kd_loss)
+    loss_class = TopKDistillationLoss if config.teacher_cache else DistillationLoss  # --teacher_cache hook
+    loss_fn = loss_class(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
+                         legacy=config.legacy_kd_loss)
 
     start_step, positions = resolve_start_step(config.ckpt_dir, config.start_step), None
     if start_step:
@@ -526,6 +547,8 @@ def pretrain(config, dist=None):
         os.makedirs(config.ckpt_dir, exist_ok=True)
         log.info("effective batch = %d %s x %d accumulate x %d workers", config.batch_size,
                  "tokens" if config.use_avg_len else "sequences", config.accumulate, dist.size)
+        if config.teacher_cache:  # --teacher_cache hook
+            log.info("distilling from the teacher cache %s (no teacher forward)", config.teacher_cache)
     progress = _progress(config, dist, start_step)
     totals, last_train, last_eval = Totals(), None, None
     step, window_start, window_steps = start_step, time.time(), 0
@@ -542,7 +565,8 @@ def pretrain(config, dist=None):
                 slot = dist.rank * config.accumulate + m
                 out, logits, teacher_logits, labels, weights = forward_backward(
                     student, teacher, loss_fn, to_nd(arrays, ctx, dtype), stepper.loss_scale / config.accumulate,
-                    before_student=lambda: step_seed(config.seed, step, slot))
+                    before_student=lambda: step_seed(config.seed, step, slot),
+                    cached_teacher=teacher_from_batch(arrays, ctx))  # --teacher_cache hook
                 correct, agree = prediction_counts(logits, teacher_logits, labels, weights)
                 totals.add(out, correct, agree, float(arrays["valid_length"].sum()))
             grad_norm, applied = stepper(1.0)
