@@ -1,0 +1,206 @@
+"""Top-k teacher cache (bort.teacher_cache, bort.topk_distill, scripts/cache_teacher.py, --teacher_cache):
+the file is what the teacher computes, the cached KD term equals the live one at k = V (float64 reference) and
+the coarse-grained KL below it, mismatched caches are refused, and the pretrainer trains, resumes, runs under
+Horovod and in the launcher's TEST mode from the cache."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import bort  # noqa: F401
+import mxnet as mx
+import numpy as np
+import pytest
+
+import create_pretraining_data
+import run_pretraining_distillation_hvd as cli
+from bort.checkpoint import save_parameters
+from bort.distill import DistillationLoss, load_teacher
+from bort.errors import BortError
+from bort.model import build_model, get_config
+from bort.pretraining import PretrainConfig, materialize, parameters_digest, pretrain, to_nd
+from bort.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache)
+from bort.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
+from data.pretraining import batchify, list_shards, load_shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
+         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
+SAMPLE = os.path.join(ROOT, "test_data/sample_text.txt")
+T = 2.0
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    create_pretraining_data.main(["--input_file", SAMPLE, "--output_dir", str(out), *VOCAB, "--dupe_factor", "2",
+                                  "--num_outputs", "2", "--max_seq_length", "32", "--random_seed", "12345",
+                                  "--num_workers", "1", "--no_progress"])
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def vocab_size(shards):
+    return int(load_shard(os.path.join(shards, "part-000.npz")).metadata["vocab_size"])
+
+
+def make_teacher(path, vocab_size, seed):
+    """A tiny teacher with confident, context-dependent outputs (a strong random bias on the decoder)."""
+    mx.random.seed(seed)
+    config = get_config("roberta_tiny", vocab_size=vocab_size, dropout=0.0)
+    model = materialize(build_model(config))
+    model.decoder[3].bias.set_data(mx.nd.array(np.random.RandomState(seed).randn(vocab_size) * 3.0))
+    save_parameters(model, str(path), config)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory, vocab_size):
+    return make_teacher(tmp_path_factory.mktemp("teacher") / "teacher.params", vocab_size, seed=5)
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory, shards, teacher_path, vocab_size):
+    """{k: cache dir} for the default k and k = V, at temperature T."""
+    out = {}
+    for k in (16, vocab_size):
+        out[k] = str(tmp_path_factory.mktemp(f"cache{k}"))
+        summary = build_cache(shards, out[k], teacher_path, topk=k, temperature=T, batch_size=16, cpu_only=True,
+                              progress=False)
+        assert summary["written"] == 2 and summary["positions"] > 0
+    return out
+
+
+def _batch(shards, cache_dir, k, indices=range(8), teacher_spec=None):
+    path = os.path.join(shards, "part-000.npz")
+    shard = load_shard(path)
+    arrays = batchify([shard[i] for i in indices], shard.metadata["pad_id"])
+    arrays.update(CacheReader(cache_dir, T, k, teacher_spec).open(path, shard).batch(list(indices)))
+    return arrays
+
+
+def _student(vocab_size, seed=0):
+    mx.random.seed(seed)
+    return materialize(build_model(get_config("bort_tiny", vocab_size=vocab_size, dropout=0.0)))
+
+
+def _logits_and_teacher(shards, cache_dir, k, teacher_path, vocab_size):
+    arrays = _batch(shards, cache_dir, k)
+    inputs, valid_length, positions, labels, weights = to_nd(arrays, mx.cpu())
+    teacher_logits = load_teacher(teacher_path)(inputs, valid_length, positions)
+    _, logits = _student(vocab_size)(inputs, valid_length, positions)
+    return arrays, logits, teacher_logits, labels, weights
+
+
+def _softmax64(x):
+    x = x - x.max(-1, keepdims=True)
+    return np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+
+
+def _kd_and_grad(logits, teacher):
+    """Per-position cached KD and its gradient in the student logits (autograd)."""
+    leaf = logits.copy()
+    leaf.attach_grad()
+    with mx.autograd.record():
+        kd = cached_kd_terms(leaf, teacher, T)
+    kd.backward()
+    return kd.asnumpy().astype(np.float64), leaf.grad.asnumpy().reshape(-1, logits.shape[-1])
+
+
+def test_cache_at_full_vocabulary_gives_the_live_loss_and_gradients(shards, caches, teacher_path, vocab_size):
+    arrays, logits, teacher_logits, labels, weights = _logits_and_teacher(shards, caches[vocab_size], vocab_size,
+                                                                          teacher_path, vocab_size)
+    cached = teacher_from_batch(arrays, mx.cpu())
+    valid = arrays["masked_weights"].reshape(-1) > 0
+    # float64 reference: T² KL(p ‖ q) and its gradient T (q − p) in the student logits.
+    s = logits.asnumpy().reshape(-1, vocab_size).astype(np.float64)[valid]
+    t = teacher_logits.asnumpy().reshape(-1, vocab_size).astype(np.float64)[valid]
+    p, q = _softmax64(t / T), _softmax64(s / T)
+    kd_ref = T * T * (p * (np.log(p) - np.log(q))).sum(-1)
+    kd, grad = _kd_and_grad(logits, cached)
+    np.testing.assert_allclose(kd[valid], kd_ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad[valid], T * (q - p), rtol=1e-3, atol=1e-6)
+    assert kd_ref.mean() > 0.1  # the teacher is not trivially close to the student
+    # The whole loss and the student's parameter gradients: cached == live.
+    student = _student(vocab_size)
+    inputs, valid_length, positions = (mx.nd.array(arrays[key]) for key in
+                                       ("input_ids", "valid_length", "masked_positions"))
+    results = []
+    for loss_fn, teacher_out in ((DistillationLoss(0.1, 0.5, T), teacher_logits),
+                                 (TopKDistillationLoss(0.1, 0.5, T), cached)):
+        with mx.autograd.record():
+            _, out_logits = student(inputs, valid_length, positions)
+            out = loss_fn(out_logits, teacher_out, labels, weights)
+        out["loss"].backward()
+        grads = {n: p.grad().asnumpy().copy() for n, p in student.collect_params().items() if p.grad_req != "null"}
+        results.append((float(out["loss"].asscalar()), float(out["kd"].asscalar()), grads))
+    (live_loss, live_kd, live_grads), (cached_loss, cached_kd, cached_grads) = results
+    assert cached_loss == pytest.approx(live_loss, rel=1e-5) and cached_kd == pytest.approx(live_kd, rel=1e-5)
+    # Relative to the largest gradient entry (some, like the attention key bias, are exactly zero in theory).
+    scale = max(np.abs(g).max() for g in live_grads.values())
+    assert scale > 1e-3
+    for name, g in live_grads.items():
+        np.testing.assert_allclose(cached_grads[name] / scale, g / scale, atol=1e-5, err_msg=name)
+
+
+def test_below_vocabulary_it_is_the_coarse_grained_kl(shards, caches, teacher_path, vocab_size):
+    """k = 16: KL between teacher and student over {top-16 tokens, everything else} (float64), never above the
+    exact KL, with gradient T (q − p̃): p̃ = p on the top-k, r · q / q_rest elsewhere."""
+    arrays, logits, teacher_logits, _, _ = _logits_and_teacher(shards, caches[16], 16, teacher_path, vocab_size)
+    valid = arrays["masked_weights"].reshape(-1) > 0
+    s = logits.asnumpy().reshape(-1, vocab_size).astype(np.float64)[valid]
+    t = teacher_logits.asnumpy().reshape(-1, vocab_size).astype(np.float64)[valid]
+    p, q = _softmax64(t / T), _softmax64(s / T)
+    top = np.argsort(-t, axis=-1)[:, :16]
+    in_top = np.zeros_like(p, dtype=bool)
+    np.put_along_axis(in_top, top, True, axis=-1)
+    r, q_rest = (p * ~in_top).sum(-1), (q * ~in_top).sum(-1)
+    p_top, q_top = np.take_along_axis(p, top, -1), np.take_along_axis(q, top, -1)
+    coarse = T * T * ((p_top * np.log(p_top / q_top)).sum(-1) + r * np.log(r / q_rest))
+    exact = T * T * (p * np.log(p / q)).sum(-1)
+    assert 0.01 < r.mean() < 0.99  # the rest really matters at this k
+    np.testing.assert_allclose(arrays["teacher_rest_mass"].reshape(-1)[valid], r, rtol=1e-4)
+    kd, grad = _kd_and_grad(logits, teacher_from_batch(arrays, mx.cpu()))
+    np.testing.assert_allclose(kd[valid], coarse, rtol=1e-4, atol=1e-5)
+    assert np.all(kd[valid] <= exact + 1e-4) and np.any(kd[valid] < exact - 1e-3)
+    target = np.where(in_top, p, r[:, None] * q / q_rest[:, None])
+    np.testing.assert_allclose(grad[valid], T * (q - target), rtol=1e-3, atol=1e-6)
+    assert np.all(kd[~valid] == 0) and np.all(grad[~valid] == 0)  # padding rows
+
+
+def test_cache_file_holds_the_teachers_top_k(shards, caches, teacher_path, vocab_size):
+    path = os.path.join(shards, "part-000.npz")
+    shard = load_shard(path)
+    cache_file = cache_path(path, caches[16])
+    assert cache_file == os.path.join(caches[16], "part-000.npz.topk")
+    with np.load(cache_file, allow_pickle=False) as npz:  # plain arrays, no pickle
+        assert {"cache_format_version", "meta_json", *ARRAYS} == set(npz.files)
+    meta, arrays = read_cache(cache_file)
+    assert meta["k"] == 16 and meta["temperature"] == T and meta["num_positions"] == shard.batch.masked_offsets[-1]
+    assert meta["teacher_source"] == teacher_path and len(meta["teacher_sha256"]) == 64
+    assert arrays["topk_ids"].dtype == np.uint16 and arrays["topk_logits"].dtype == np.float32
+    # Rows follow the shard's masked positions: recompute the teacher on every instance.
+    teacher = load_teacher(teacher_path)
+    batch = batchify(list(shard), shard.metadata["pad_id"])
+    inputs, valid_length, positions, _, weights = to_nd(batch, mx.cpu())
+    logits = teacher(inputs, valid_length, positions).asnumpy().reshape(-1, vocab_size).astype(np.float64)
+    logits = logits[batch["masked_weights"].reshape(-1) > 0]
+    np.testing.assert_array_equal(arrays["topk_ids"][:, 0], logits.argmax(-1))
+    np.testing.assert_allclose(arrays["topk_logits"], np.take_along_axis(logits, arrays["topk_ids"].astype(int), -1),
+                               rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(arrays["topk_logits"], axis=-1) <= 0)  # best first
+    assert np.all(np.sort(logits, -1)[:, -17] <= arrays["topk_logits"][:, -1] + 1e-5)
+    log_norm = np.log(np.exp(logits / T - (logits / T).max(-1, keepdims=True)).sum(-1)) + (logits / T).max(-1)
+    np.testing.assert_allclose(arrays["log_normalizer"], log_norm, rtol=1e-5)
+    assert bytes_per_position(16, vocab_size) == 16 * 6 + 8
+    # A second run skips the valid caches; --overwrite rewrites them byte for byte (deterministic).
+    before = open(cache_file, "rb").read()
+    again = build_cache(shards, caches[16], teacher_path, topk=16, temperature=T, cpu_only=True, progress=False)
+    assert again["written"] == 0 and again["skipped"] == 2
+    build_cache(shards, caches[16], teacher_path, topk=16, temperature=T, cpu_only=True, overwrite=True,
+                progress=False)
+    assert open(cache_file, "rb").read() == before
+    assert sorted(os.listdir(caches[16])) == ["part-000.npz.topk", "part-001.npz.topk"]  # no temporary files left
