@@ -204,3 +204,106 @@ def test_cache_file_holds_the_teachers_top_k(shards, caches, teacher_path, vocab
                 progress=False)
     assert open(cache_file, "rb").read() == before
     assert sorted(os.listdir(caches[16])) == ["part-000.npz.topk", "part-001.npz.topk"]  # no temporary files left
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_cli(cli.main)(argv)
+    err = capsys.readouterr().err.strip()
+    return exit_info.value.code, err
+
+
+def test_mismatched_caches_are_refused(shards, caches, teacher_path, vocab_size, tmp_path, capsys):
+    args = ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--num_steps", "1",
+            "--batch_size", "4", "--dtype", "float32", "--cpu_only", "--ckpt_dir", str(tmp_path / "ck"),
+            "--no_progress", "--distillation_temperature", str(T), "--teacher_ckpt_dir", teacher_path]
+
+    def fails(extra, *fragments):
+        code, err = run_cli(args + extra, capsys)
+        assert code == 2 and err.startswith("error: ") and "\n" not in err, err
+        for fragment in fragments:
+            assert fragment in err, (fragment, err)
+
+    good = caches[16]
+    # The cache of another shard: part-001's cache under part-000's name.
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    shutil.copy(os.path.join(good, "part-001.npz.topk"), swapped / "part-000.npz.topk")
+    shutil.copy(os.path.join(good, "part-001.npz.topk"), swapped / "part-001.npz.topk")
+    fails(["--teacher_cache", str(swapped)], "part-000.npz.topk: cache of another shard: made for part-001.npz")
+    # Another k, another temperature, another teacher.
+    fails(["--teacher_cache", good, "--teacher_cache_topk", "8"],
+          "part-000.npz.topk: cache holds the teacher's top-16, but --teacher_cache_topk 8")
+    fails(["--teacher_cache", good, "--distillation_temperature", "1.0"],
+          "cache made at distillation temperature 2, but --distillation_temperature is 1")
+    other = make_teacher(tmp_path / "other.params", vocab_size, seed=6)
+    fails(["--teacher_cache", good, "--teacher_ckpt_dir", other],
+          f"cache of another teacher: made from {teacher_path}", f"not from --teacher_ckpt_dir {other}")
+    # Missing, truncated, not a cache at all.
+    fails(["--teacher_cache", str(tmp_path)], "no teacher cache for shard", "scripts/cache_teacher.py")
+    fails(["--teacher_cache", str(tmp_path / "nowhere")], "--teacher_cache directory not found")
+    data = open(os.path.join(good, "part-000.npz.topk"), "rb").read()
+    for name, content in (("truncated", data[: len(data) // 2]), ("garbage", b"not a zip file")):
+        broken = tmp_path / name
+        broken.mkdir()
+        shutil.copy(os.path.join(good, "part-001.npz.topk"), broken / "part-001.npz.topk")
+        (broken / "part-000.npz.topk").write_bytes(content)
+        fails(["--teacher_cache", str(broken)], "part-000.npz.topk: corrupt or truncated teacher cache")
+    np.savez(tmp_path / "plain.npz", x=np.zeros(3))
+    notcache = tmp_path / "notcache"
+    notcache.mkdir()
+    shutil.copy(tmp_path / "plain.npz", notcache / "part-000.npz.topk")
+    fails(["--teacher_cache", str(notcache)], "not a teacher cache (arrays")
+    fails(["--teacher_cache", good, "--legacy_kd_loss"], "cannot be combined with --teacher_cache")
+    # Shards of two directories with one name cannot share one cache directory.
+    with pytest.raises(BortError, match="shares the cache file"):
+        build_cache(_two_dirs_same_name(shards, tmp_path), str(tmp_path / "c"), teacher_path, cpu_only=True,
+                    progress=False)
+
+
+def _two_dirs_same_name(shards, tmp_path):
+    other = tmp_path / "copy"
+    other.mkdir()
+    shutil.copy(os.path.join(shards, "part-000.npz"), other / "part-000.npz")
+    return f"{shards}/part-000.npz,{other}/part-000.npz"
+
+
+def tiny_config(shards, ckpt_dir, **changes):
+    base = PretrainConfig(data=shards, model="bort_tiny", teacher_model="roberta_tiny", num_steps=8, batch_size=8,
+                          num_buckets=3, dtype="float32", ckpt_dir=str(ckpt_dir), ckpt_interval=4, log_interval=1,
+                          lr=1e-3, warmup_ratio=0.25, progress=False, cpu_only=True, distillation_temperature=T,
+                          optimizer="adam", weight_decay=0.0, dropout=0.0)
+    return dataclasses.replace(base, **changes)
+
+
+def test_pretraining_from_a_full_vocabulary_cache_matches_the_live_teacher(shards, caches, teacher_path,
+                                                                           vocab_size, tmp_path):
+    live = tiny_config(shards, tmp_path / "live", teacher_ckpt_dir=teacher_path, num_steps=4,
+                       metrics_file=str(tmp_path / "live.jsonl"))
+    cached = dataclasses.replace(live, ckpt_dir=str(tmp_path / "cached"), teacher_cache=caches[vocab_size],
+                                 metrics_file=str(tmp_path / "cached.jsonl"))
+    a, b = parameters_digest(pretrain(live)["student"]), parameters_digest(pretrain(cached)["student"])
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=2e-6, err_msg=name)
+    rows = [[json.loads(line) for line in open(tmp_path / f"{kind}.jsonl")] for kind in ("live", "cached")]
+    for x, y in zip(*rows):
+        assert y["kd_loss"] == pytest.approx(x["kd_loss"], rel=1e-4)
+        assert y["teacher_agreement"] == x["teacher_agreement"]
+
+
+def test_resume_from_the_cache_is_exact(shards, caches, teacher_path, tmp_path):
+    """8 steps == 4 + stop + resume + 4, from the default-k cache, with dropout and --accumulate 2; evaluation
+    uses the caches of the evaluation shards."""
+    config = tiny_config(shards, tmp_path / "a", accumulate=2, batch_size=4, dropout=0.1, teacher_cache=caches[16],
+                         data_eval=shards, eval_interval=4, metrics_file=str(tmp_path / "a.jsonl"))
+    full = parameters_digest(pretrain(config)["student"])
+    half = dataclasses.replace(config, ckpt_dir=str(tmp_path / "b"), stop_at_step=4, metrics_file=None)
+    first = parameters_digest(pretrain(half)["student"])
+    resumed = pretrain(dataclasses.replace(half, stop_at_step=None, start_step="latest"))
+    again = parameters_digest(resumed["student"])
+    assert max(np.abs(full[k] - first[k]).max() for k in full) > 1e-4
+    for name in full:
+        np.testing.assert_allclose(again[name], full[name], rtol=1e-6, atol=1e-7, err_msg=name)
+    evals = [json.loads(line) for line in open(tmp_path / "a.jsonl") if json.loads(line)["kind"] == "eval"]
+    assert evals and all(e["kd_loss"] > 0 and e["num_masks"] > 0 for e in evals)
+    assert resumed["eval"]["kd_loss"] == pytest.approx(evals[-1]["kd_loss"], rel=1e-5)
