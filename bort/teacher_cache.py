@@ -14,7 +14,7 @@ atomically. Its M rows are the shard's masked positions in shard order (instance
 | array | dtype | shape | meaning |
 |---|---|---|---|
 | `cache_format_version` | int32 | () | `CACHE_FORMAT_VERSION` |
-| `meta_json` | uint8 | (bytes,) | UTF-8 JSON: k, temperature, vocab_size, shard name and SHA-256, teacher SHA-256/source |
+| `meta_json` | uint8 | (bytes,) | UTF-8 JSON: k, T, vocab_size, shard name and SHA-256, teacher SHA-256 |
 | `topk_ids` | uint16 (int32 if V > 65536) | (M, k) | the teacher's k highest-scoring tokens, best first |
 | `topk_logits` | float32 | (M, k) | their raw (untempered) teacher logits |
 | `log_normalizer` | float32 | (M,) | log Σ_v exp(t_v / T) over the whole vocabulary, at the cache's temperature T |
@@ -215,9 +215,9 @@ class CacheReader:
         meta, arrays = read_cache(path)
         num_positions = int(shard.batch.masked_offsets[-1])
         if meta.get("shard_sha256") != shard_fingerprint(shard):
-            raise BortError(f"{path}: cache of another shard: made for {meta.get('shard')} ({meta.get('num_instances')} "
-                            f"instances, {meta.get('num_positions')} masked positions), not for {shard_path} "
-                            f"({len(shard)} instances, {num_positions} masked positions)")
+            raise BortError(f"{path}: cache of another shard: made for {meta.get('shard')} "
+                            f"({meta.get('num_instances')} instances, {meta.get('num_positions')} masked positions), "
+                            f"not for {shard_path} ({len(shard)} instances, {num_positions} masked positions)")
         k = int(meta["k"])
         if self.topk is not None and k != self.topk:
             raise BortError(f"{path}: cache holds the teacher's top-{k}, but --teacher_cache_topk {self.topk} "

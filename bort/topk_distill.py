@@ -4,7 +4,7 @@ For one masked position let S be the teacher's k highest-scoring tokens, p = sof
 tempered distribution and q = softmax(s / T) the student's. The cache holds t on S, log Σ_v exp(t_v / T) over the
 whole vocabulary, and the teacher's mass outside S, r = Σ_{v∉S} p_v. The cached KD term is
 
-    T² · KL(P̄ ‖ Q̄) = T² · [ Σ_{v∈S} p_v (log p_v − log q_v)  +  r (log r − log q_rest) ],   q_rest = Σ_{v∉S} q_v
+    T² · KL(P̄ ‖ Q̄) = T² · [ Σ_{v∈S} p_v (log p_v − log q_v) + r (log r − log q_rest) ],  q_rest = Σ_{v∉S} q_v
 
 the exact KL divergence between the two distributions coarse-grained to k + 1 outcomes: each top-k token, and
 "any other token". By the log-sum inequality KL(P̄ ‖ Q̄) ≤ KL(p ‖ q), with equality exactly when the student
