@@ -13,7 +13,8 @@ and it is the exact loss. Its gradient in s_v is (q_v − p̃_v) / T, with p̃ =
 outside: the student is pulled to the teacher's top-k probabilities and to the teacher's total mass elsewhere,
 spread as the student already spreads it (only how the teacher divides the rest among tokens is lost).
 
-log q_rest is a log-sum-exp over the tokens outside S (not log(1 − Σ_S q), which cancels in float32).
+log q_rest is log Σ_{v∉S} exp(s_v / T) − log Σ_v exp(s_v / T), a sum of the terms outside S (not log(1 − Σ_S q),
+which cancels in float32).
 """
 import bort  # noqa: F401
 import mxnet as mx
@@ -24,7 +25,7 @@ from .errors import BortError
 
 # The names under which the data pipeline attaches a batch's cached teacher rows (numpy, (B, K, ...)).
 BATCH_KEYS = ("teacher_topk_ids", "teacher_topk_prob", "teacher_rest_mass", "teacher_neg_entropy")
-_MASKED_OUT = 1e30
+_TINY = 1e-37
 
 
 class CachedTopK:
@@ -56,11 +57,6 @@ def _flatten(logits):
     return logits.reshape((-1, logits.shape[-1])).astype("float32", copy=False)
 
 
-def _logsumexp(x):
-    shift = mx.nd.BlockGrad(mx.nd.max(x, axis=-1, keepdims=True))
-    return shift.reshape((-1,)) + mx.nd.log(mx.nd.sum(mx.nd.exp(x - shift), axis=-1))
-
-
 def cached_kd_terms(student_logits, teacher, temperature=1.0):
     """T² · KL(P̄ ‖ Q̄) per masked position, shape (N,) (see the module docstring)."""
     s = _flatten(student_logits) / temperature
@@ -70,9 +66,14 @@ def cached_kd_terms(student_logits, teacher, temperature=1.0):
     rows = mx.nd.arange(n, ctx=s.context).reshape((n, 1)).broadcast_to((n, teacher.k)).reshape((-1,))
     index = mx.nd.stack(rows, teacher.ids.reshape((-1,)))
     s_top = mx.nd.gather_nd(s, index).reshape((n, teacher.k))
-    in_top = mx.nd.scatter_nd(mx.nd.ones((n * teacher.k,), ctx=s.context), index, shape=(n, vocab))
-    log_z = _logsumexp(s)
-    log_z_rest = _logsumexp(s - in_top * _MASKED_OUT)  # ≈ −1e30 when the top-k is the whole vocabulary (r = 0)
+    outside = 1 - mx.nd.scatter_nd(mx.nd.ones((n * teacher.k,), ctx=s.context), index, shape=(n, vocab))
+    shift = mx.nd.BlockGrad(mx.nd.max(s, axis=-1, keepdims=True))
+    e = mx.nd.exp(s - shift)
+    shift = shift.reshape((-1,))
+    log_z = shift + mx.nd.log(e.sum(axis=-1))
+    # A sum of the positive terms outside the top-k (no cancellation); _TINY keeps it finite when the top-k is the
+    # whole vocabulary (then r = 0 and the term vanishes).
+    log_z_rest = shift + mx.nd.log((e * outside).sum(axis=-1) + _TINY)
     mass = teacher.prob.sum(axis=-1) + teacher.rest
     cross = (teacher.prob * s_top).sum(axis=-1) + teacher.rest * log_z_rest - mass * log_z  # Σ p̄ log q̄
     return (teacher.neg_entropy - cross) * (temperature * temperature)
