@@ -339,6 +339,8 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
     dist = dist or Distributed()
     if temperature <= 0:
         raise BortError(f"--distillation_temperature must be positive, got {temperature}")
+    if topk < 1:
+        raise BortError(f"--topk must be >= 1, got {topk}")
     paths = list_shards(data)
     targets = {}
     for path in paths:
