@@ -18,6 +18,8 @@
 # on CPU in float32, in about a minute; both then fill held-back masks of the text (see the TEST block below).
 # Uses horovodrun with <num gpus> processes when it is installed.
 # The run directory is $BORT_TEST_DIR (default: pretraining_distillation_test).
+# TEST_TEACHER_CACHE=1 with TEST: distill from the teacher's cached top-k (scripts/cache_teacher.py) instead of
+# running the teacher every step. Other runs: cache with scripts/cache_teacher.py, then pass --teacher_cache DIR.
 set -euo pipefail
 
 if [ $# -lt 3 ] && ! { [ $# -eq 2 ] && [ "$2" = "TEST" ]; }; then
@@ -59,6 +61,7 @@ LOG_INTERVAL=10
 CKPT_INTERVAL=10
 CKPT_DIR=${MODEL}_model
 EXTRA_TEST=()
+CACHE_ARGS=()
 
 if [ "$TRAIN_DATA" = "TEST" ]; then
     # The point of TEST mode is a model that has memorized the ~105 sample sentences and fills their masks, in
@@ -109,6 +112,11 @@ dropout=0.0).to_dict())" "$HERE" "$@"
     CKPT_DIR="$RUN_DIR/bort_tiny_model"
     EXTRA_TEST=(--cpu_only --num_buckets 4 --warmup_ratio 0.1 --optimizer adam --weight_decay 0 --dropout 0
                 --distillation_temperature 1.0 --mlm_weight 0.5)
+    # TEST_TEACHER_CACHE=1 runs the teacher once over the TEST shards, caches its top-k
+    # beside them (scripts/cache_teacher.py, each rank its shards) and distills from the cache instead.
+    if [ "${TEST_TEACHER_CACHE:-0}" = "1" ]; then
+        CACHE_ARGS=(--teacher_cache beside)
+    fi
     # Threads: unless the user set OMP_NUM_THREADS, every process takes the cores divided by the processes
     # (bort.runtime), so the single teacher process gets all cores and each student rank its share.
     # A value inherited from a parent that imported bort is a default too, not a user setting.
@@ -142,10 +150,8 @@ ARGS=(--data "$TRAIN_DATA" --data_eval "$TEST_DATA" --model "$MODEL" --teacher_m
       "${TEACHER_ARGS[@]}" --teacher_ce_weight 0.5 --distillation_temperature 2.0 --mlm_weight 0.1
       --num_steps "$NUM_STEPS" --lr "$LR" --batch_size_eval "$BS_EVAL" --batch_size "$BS" --accumulate "$ACC"
       --num_buckets 20 --use_avg_len --log_interval "$LOG_INTERVAL" --ckpt_interval "$CKPT_INTERVAL"
-      --ckpt_dir "$CKPT_DIR" --dtype "$DTYPE" "${EXTRA_TEST[@]}" "$@")
+      --ckpt_dir "$CKPT_DIR" --dtype "$DTYPE" "${EXTRA_TEST[@]}" "${CACHE_ARGS[@]}" "$@")
 
-"$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" --preflight_workers "$NUMPROC" || exit $?
-mkdir -p "$CKPT_DIR"
 if command -v horovodrun >/dev/null 2>&1 && "$PYTHON" -c "import horovod.mxnet" >/dev/null 2>&1; then
     LAUNCH=(horovodrun -np "$NUMPROC" -H "localhost:$NUMPROC" "$PYTHON")
 elif [ "$NUMPROC" -eq 1 ]; then
@@ -154,6 +160,12 @@ else
     echo "error: horovodrun (horovod with MXNet) is needed for $NUMPROC processes; install it or use 1" >&2
     exit 2
 fi
+if [ ${#CACHE_ARGS[@]} -gt 0 ]; then  # TEST_TEACHER_CACHE=1: cache the teacher's top-k first (TEST's temperature 1.0)
+    "${LAUNCH[@]}" "$HERE/scripts/cache_teacher.py" --data "$TRAIN_DATA,$TEST_DATA" --cache_dir beside \
+        --teacher_ckpt_dir "$TEACHER_CKPT" --distillation_temperature 1.0 --cpu_only --no_progress
+fi
+"$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" --preflight_workers "$NUMPROC" || exit $?
+mkdir -p "$CKPT_DIR"
 set -x
 "${LAUNCH[@]}" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" 2>&1 | tee "$CKPT_DIR/train.log"
 exit "${PIPESTATUS[0]}"

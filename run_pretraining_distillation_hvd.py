@@ -60,6 +60,12 @@ def build_parser():
                    help="without --teacher_ckpt_dir: a randomly initialized teacher (tests only)")
     g.add_argument("--dropout", type=float, default=None,
                    help="override the student's dropout (encoder and word embeddings)")
+    g.add_argument("--teacher_cache", nargs="?", const="beside", default=None, metavar="DIR",
+                   help="train from the teacher's top-k cached by scripts/cache_teacher.py in DIR (alone or "
+                        "'beside': the caches next to the shards) instead of running the teacher; with "
+                        "--teacher_ckpt_dir the caches are checked against that teacher")
+    g.add_argument("--teacher_cache_topk", type=int, default=None,
+                   help="require caches of this k (default: any, the same for every shard)")
     g = p.add_argument_group("loss")
     g.add_argument("--teacher_ce_weight", type=float, default=D.teacher_ce_weight,
                    help="weight of T^2 KL(teacher || student) on masked positions")
@@ -104,7 +110,7 @@ def build_parser():
 
 
 def check_pretraining_inputs(config, dist):
-    """Shards that fit the student (bort.locking, data.pretraining_format), and one run per --ckpt_dir."""
+    """Shards that fit the student (data.pretraining_format), and with `dist` one run per --ckpt_dir (bort.locking)."""
     from bort.checkpoint import read_config
     from bort.locking import hold_directory
     from bort.model import get_config
@@ -117,7 +123,7 @@ def check_pretraining_inputs(config, dist):
     shards = list_shards(config.data) + (list_shards(config.data_eval) if config.data_eval else [])
     check_shards_fit(shards, student.max_length, allow_legacy_pickle=config.allow_legacy_pickle,
                      what="--data/--data_eval")
-    if dist.is_root:
+    if dist is not None and dist.is_root:
         hold_directory(config.ckpt_dir, "--ckpt_dir")
 
 
@@ -130,6 +136,7 @@ def main(argv=None):
                             progress=not args.no_progress)
     if args.preflight_workers:
         preflight(config, args.preflight_workers)
+        check_pretraining_inputs(config, None)  # shards against the student too, before horovodrun starts
         return
     dist = Distributed()
     check_pretraining_inputs(config, dist)

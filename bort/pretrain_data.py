@@ -19,6 +19,7 @@ import numpy as np
 
 from data.pretraining import batchify, list_shards, load_shard
 
+from . import teacher_cache
 from .errors import BortError
 
 
@@ -77,11 +78,15 @@ class SlotStream:
                 shard = load_shard(path, allow_legacy_pickle=cfg.allow_legacy_pickle)
                 if not len(shard):
                     raise BortError(f"{path}: shard holds no instances")
+                # --teacher_cache: the shard's checked cache; its rows go into every batch below
+                cache = teacher_cache.reader_for(cfg).open(path, shard) if cfg.teacher_cache else None
                 pad_id = int(shard.metadata.get("pad_id", self.pad_id)) if shard.metadata else self.pad_id
                 batches = shard_batches(shard.lengths, self.batch_size, cfg.num_buckets, cfg.use_avg_len,
                                         self.shuffle, _rng(self.seed, epoch, index))
                 while batch_i < len(batches):
                     arrays = batchify([shard[int(j)] for j in batches[batch_i]], pad_id)
+                    if cache is not None:
+                        arrays.update(cache.batch(batches[batch_i]))
                     batch_i += 1
                     yield arrays, {"epoch": epoch, "shard": shard_i, "batch": batch_i}
                 shard_i, batch_i = shard_i + 1, 0
@@ -171,6 +176,8 @@ def eval_batches(config, dist):
     mine = split_shards(paths, dist.size, dist.rank, "--data_eval") if split else list(enumerate(paths))
     # As the original's evaluation loader: --batch_size_eval sequences per batch, one length bucket.
     eval_config = dataclasses.replace(config, batch_size=config.batch_size_eval, use_avg_len=False, num_buckets=1)
+    if config.teacher_cache and not teacher_cache.reader_for(config).has_caches(paths):
+        eval_config = dataclasses.replace(eval_config, teacher_cache=None)  # evaluate without the teacher
     stream = SlotStream(mine, eval_config, seed=0, shuffle=False, epochs=1)
     batches = (arrays for arrays, _ in stream)
     if config.num_eval_steps:

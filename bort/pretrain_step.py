@@ -6,7 +6,8 @@ import bort  # noqa: F401
 import mxnet as mx
 
 from .checkpoint import _finish_deferred_init, load_parameters, read_config
-from .distill import load_teacher, prediction_counts
+from .distill import load_teacher
+from .topk_distill import prediction_counts, teacher_from_batch
 from .errors import BortError
 from .model import build_model, get_config
 from .pretrain_data import to_nd
@@ -88,13 +89,17 @@ def summarize(sums):
             "tokens": int(sums["tokens"])}
 
 
-def forward_backward(student, teacher, loss_fn, batch, scale=1.0, before_student=None):
+def forward_backward(student, teacher, loss_fn, batch, scale=1.0, before_student=None, cached_teacher=None):
     """One micro-batch: teacher forward (no gradients), student forward, loss, backward of loss × `scale`.
     `before_student()` runs between the two forwards (the per-step reseeding: a hybridized teacher's first call
     draws from MXNet's RNG, so the seed must be set after it for dropout to be reproducible across a resume).
+    `cached_teacher` (a bort.topk_distill.CachedTopK, --teacher_cache) replaces the teacher forward.
     Returns (loss dict, student logits, teacher logits, labels, weights)."""
     inputs, valid_length, positions, labels, weights = batch
-    teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
+    if cached_teacher is not None:
+        teacher_logits = cached_teacher
+    else:
+        teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
     if before_student is not None:
         before_student()
     with mx.autograd.record():
@@ -110,7 +115,9 @@ def evaluate(model, teacher, loss_fn, batches, ctx, dtype, dist=None, is_teacher
     totals = Totals()
     for arrays in batches:
         inputs, valid_length, positions, labels, weights = to_nd(arrays, ctx, dtype)
-        teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
+        teacher_logits = teacher_from_batch(arrays, ctx)  # --teacher_cache; None without a cache
+        if teacher_logits is None:
+            teacher_logits = teacher(inputs, valid_length, positions) if teacher else None
         if is_teacher:
             logits = teacher_logits
         else:

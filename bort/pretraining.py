@@ -16,7 +16,9 @@ import bort  # noqa: F401
 import mxnet as mx
 import numpy as np
 
-from .distill import DistillationLoss, prediction_counts
+from .distill import DistillationLoss
+from .topk_distill import TopKDistillationLoss, prediction_counts, teacher_from_batch
+from . import teacher_cache
 from .errors import BortError
 from .io import JsonlLogger, write_json
 from .mlm import MASK_TEXT, encode_with_masks, fill_mask, topk_accuracy  # noqa: F401  (re-exported)
@@ -83,6 +85,9 @@ class PretrainConfig:
     overwrite_ckpt_dir: bool = False  # a fresh run may delete another run's checkpoints in ckpt_dir
     max_consecutive_skips: int = 50  # float16: stop with an error after this many overflowing steps in a row
     stop_at_step: int = None  # stop after this step as if killed (tests of resume)
+    # --teacher_cache (bort.teacher_cache): train from the teacher's cached top-k instead of running it
+    teacher_cache: str = None
+    teacher_cache_topk: int = None
     progress: bool = True
 
 
@@ -109,6 +114,8 @@ def check_config(config):
     for name in ("log_interval", "ckpt_interval"):
         if getattr(config, name) < 1:
             raise BortError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    if config.teacher_cache:
+        teacher_cache.check_config(config)
 
 
 def preflight(config, world_size):
@@ -141,7 +148,8 @@ def pretrain(config, dist=None):
 
     set_seed(config.seed)
     student, model_config = build_student(config, vocab_size, ctx)
-    teacher = build_teacher(config, vocab_size, ctx, dtype)
+    # --teacher_cache: no teacher in memory; the cached top-k comes with the data
+    teacher = None if config.teacher_cache else build_teacher(config, vocab_size, ctx, dtype)
     if dtype == "float16":
         student.cast("float16")
     params = trainable_parameters(student)
@@ -155,8 +163,9 @@ def pretrain(config, dist=None):
         for param in params.values():
             param.grad_req = "add"
     schedule = LinearWarmupDecay(config.lr, config.num_steps, int(config.num_steps * config.warmup_ratio))
-    loss_fn = DistillationLoss(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
-                               legacy=config.legacy_kd_loss)
+    loss_class = TopKDistillationLoss if config.teacher_cache else DistillationLoss
+    loss_fn = loss_class(config.mlm_weight, config.teacher_ce_weight, config.distillation_temperature,
+                         legacy=config.legacy_kd_loss)
 
     settings = {k: v for k, v in dataclasses.asdict(config).items() if _jsonable(v)}
     # The original's layout (checkpoint_N/NNNNNNN.params + pickled .states.NN): see bort.store.
@@ -180,6 +189,8 @@ def pretrain(config, dist=None):
         os.makedirs(config.ckpt_dir, exist_ok=True)
         log.info("effective batch = %d %s x %d accumulate x %d workers", config.batch_size,
                  "tokens" if config.use_avg_len else "sequences", config.accumulate, dist.size)
+        if config.teacher_cache:
+            log.info("distilling from the teacher cache %s (no teacher forward)", config.teacher_cache)
     progress = _progress(config, dist, start_step)
     profiler = StepProfiler(config.profile, config.num_steps, dist.rank, dist.size)
     totals, last_train, last_eval = Totals(), None, None
@@ -198,7 +209,8 @@ def pretrain(config, dist=None):
                 slot = dist.rank * config.accumulate + m
                 out, logits, teacher_logits, labels, weights = forward_backward(
                     student, teacher, loss_fn, to_nd(arrays, ctx, dtype), stepper.loss_scale / config.accumulate,
-                    before_student=lambda: step_seed(config.seed, step, slot))
+                    before_student=lambda: step_seed(config.seed, step, slot),
+                    cached_teacher=teacher_from_batch(arrays, ctx))
                 correct, agree = prediction_counts(logits, teacher_logits, labels, weights)
                 totals.add(out, correct, agree, float(arrays["valid_length"].sum()))
             inject_test_faults(list(params.values()), step, dist.rank)

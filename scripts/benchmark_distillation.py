@@ -1,12 +1,15 @@
-"""Time one distillation step, split into its parts: data, teacher forward, student forward/backward, optimizer.
+"""Time one distillation step, split into its parts: data, teacher forward, student forward/backward, optimizer,
+and the same step from the teacher's cached top-k (--teacher_cache) beside it.
 
     python scripts/benchmark_distillation.py [--batch_size 2] [--seq_len 128] [--output bench.json]
 
 Bort (bort_4_8_768_1024) learns from a RoBERTa-large teacher (roberta_24_1024_16), both with random weights, on
 CPU in float32, through the pretrainer's own code (bort.pretraining.forward_backward, bort.training.GradientStep).
 Target: a full step takes at most 1.2 x (teacher forward + student forward/backward), i.e. data feeding and the
-optimizer add at most 20%. Also reports tokens/s of a full-size step (--full_tokens tokens, the original's
---batch_size 1024 with --use_avg_len). Prints a table and writes JSON.
+optimizer add at most 20%. Cached step (data with the cache's rows, student forward/backward with the top-k KD
+term, optimizer; no teacher): target at most 1.05 x (student forward/backward + optimizer), the bound when the
+teacher costs nothing. Also reports the cache size per masked position, tokens/s of a full-size step
+(--full_tokens tokens, the original's --batch_size 1024 with --use_avg_len). Prints a table and writes JSON.
 """
 import argparse
 import os
@@ -26,6 +29,8 @@ from bort.errors import run_cli  # noqa: E402
 from bort.io import write_json  # noqa: E402
 from bort.model import build_model, get_config  # noqa: E402
 from bort.pretraining import forward_backward, materialize, to_nd  # noqa: E402
+from bort.teacher_cache import DEFAULT_TOPK, ShardCache, bytes_per_position, id_dtype, topk_rows  # noqa: E402
+from bort.topk_distill import TopKDistillationLoss, teacher_from_batch  # noqa: E402
 from bort.training import Distributed, GradientStep, create_trainer, trainable_parameters  # noqa: E402
 from data.pretraining import Instance, batchify  # noqa: E402
 
@@ -55,7 +60,18 @@ def timed(fn, repeats, setup=None):
     return statistics.median(times), times
 
 
-def bench(batch_size, seq_len, repeats, warmup, student_name, teacher_name, seed=0):
+def batch_cache(teacher_logits, weights, instances, k, temperature):
+    """The cache of these instances as scripts/cache_teacher.py would write it, held in memory."""
+    vocab = teacher_logits.shape[-1]
+    valid = mx.nd.array(np.flatnonzero(weights.asnumpy().reshape(-1) > 0))
+    ids, logits, log_norm, rest = topk_rows(mx.nd.take(teacher_logits.reshape((-1, vocab)), valid), k, temperature)
+    offsets = np.concatenate([[0], np.cumsum([len(i.masked_positions) for i in instances])])
+    arrays = {"topk_ids": ids.astype(id_dtype(vocab)), "topk_logits": logits, "log_normalizer": log_norm,
+              "rest_mass": rest}
+    return ShardCache("memory", {"k": k}, arrays, offsets, temperature)
+
+
+def bench(batch_size, seq_len, repeats, warmup, student_name, teacher_name, seed=0, topk=DEFAULT_TOPK):
     rng = np.random.RandomState(seed)
     mx.random.seed(seed)
     student_config = get_config(student_name)
@@ -72,9 +88,18 @@ def bench(batch_size, seq_len, repeats, warmup, student_name, teacher_name, seed
     batch = to_nd(batchify(instances, student_config.pad_id), ctx)
     inputs, valid_length, positions, labels, weights = batch
     teacher_logits = teacher(inputs, valid_length, positions)
+    cache = batch_cache(teacher_logits, weights, instances, topk, 2.0)
+    cached_loss_fn = TopKDistillationLoss(0.1, 0.5, 2.0)
 
     def data():
         return to_nd(batchify(instances, student_config.pad_id), ctx)
+
+    def cached_step():
+        arrays = batchify(instances, student_config.pad_id)
+        arrays.update(cache.batch(np.arange(len(instances))))
+        forward_backward(student, None, cached_loss_fn, to_nd(arrays, ctx), 1.0,
+                         cached_teacher=teacher_from_batch(arrays, ctx))
+        stepper(1.0)
 
     def teacher_forward():
         teacher(inputs, valid_length, positions).wait_to_read()
@@ -93,7 +118,7 @@ def bench(batch_size, seq_len, repeats, warmup, student_name, teacher_name, seed
         stepper(1.0)
 
     parts = {"data": data, "teacher_forward": teacher_forward, "student_forward_backward": student_fwd_bwd,
-             "optimizer": optimizer, "full_step": full_step}
+             "optimizer": optimizer, "full_step": full_step, "cached_step": cached_step}
     for _ in range(warmup):
         full_step()
     # Interleaved rounds (every part once per round), so that load changes on a shared machine hit all parts.
@@ -112,6 +137,11 @@ def bench(batch_size, seq_len, repeats, warmup, student_name, teacher_name, seed
     # Best-of-N: on a shared machine the minimum is the least disturbed estimate of each part.
     best = results["teacher_forward"]["min_s"] + results["student_forward_backward"]["min_s"]
     results["ratio_full_vs_teacher_plus_student_min"] = results["full_step"]["min_s"] / best
+    for kind, key in (("", "median_s"), ("_min", "min_s")):
+        bound = results["student_forward_backward"][key] + results["optimizer"][key]
+        results["ratio_cached_vs_student_plus_optimizer" + kind] = results["cached_step"][key] / bound
+        results["speedup_cached_vs_full" + kind] = results["full_step"][key] / results["cached_step"][key]
+    results["cached_tokens_per_s"] = tokens / results["cached_step"]["median_s"]
     return results
 
 
@@ -125,12 +155,15 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--student", default="bort_4_8_768_1024")
     parser.add_argument("--teacher", default="roberta_24_1024_16")
+    parser.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="k of the cached step")
     parser.add_argument("--output", default="benchmark_distillation.json")
     args = parser.parse_args(argv)
-    small = bench(args.batch_size, args.seq_len, args.repeats, args.warmup, args.student, args.teacher)
+    load_start = os.getloadavg()
+    small = bench(args.batch_size, args.seq_len, args.repeats, args.warmup, args.student, args.teacher,
+                  topk=args.topk)
     rows = [("data", "data"), ("teacher forward", "teacher_forward"),
             ("student forward/backward", "student_forward_backward"), ("optimizer", "optimizer"),
-            ("full step", "full_step")]
+            ("full step", "full_step"), (f"cached step (top-{args.topk})", "cached_step")]
     print(f"distillation step, {args.student} <- {args.teacher}, batch {args.batch_size} x {args.seq_len}, "
           f"CPU float32, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load {os.getloadavg()[0]:.2f}")
     print(f"{'part':<26}{'median ms':>12}{'min ms':>12}")
@@ -141,21 +174,42 @@ def main(argv=None):
         ratio = small[key]
         print(f"full step / (teacher fwd + student fwd/bwd), {kind}s = {ratio:.3f} (target <= 1.2: "
               f"{'met' if ratio <= 1.2 else 'NOT met'})")
-    print(f"tokens/s at batch {args.batch_size}x{args.seq_len}: {small['tokens_per_s']:.0f}")
+    for kind, suffix in (("median", ""), ("min", "_min")):
+        ratio = small["ratio_cached_vs_student_plus_optimizer" + suffix]
+        print(f"cached step / (student fwd/bwd + optimizer), {kind}s = {ratio:.3f} (target <= 1.05: "
+              f"{'met' if ratio <= 1.05 else 'NOT met'}); full step / cached step = "
+              f"{small['speedup_cached_vs_full' + suffix]:.2f}x")
+    print(f"tokens/s at batch {args.batch_size}x{args.seq_len}: {small['tokens_per_s']:.0f} live, "
+          f"{small['cached_tokens_per_s']:.0f} cached")
+    vocab = get_config(args.student).vocab_size
+    per_position = bytes_per_position(args.topk, vocab)
+    # The original's recipe: --max_predictions_per_seq 80 per instance of --max_seq_length 512.
+    per_million_instances = per_position * 80 * 1e6
+    print(f"cache size: {per_position} bytes per masked position at k={args.topk} (V={vocab}); "
+          f"{per_million_instances / 1e9:.2f} GB per million instances of 80 predictions")
     result = {"small": small, "batch_size": args.batch_size, "seq_len": args.seq_len, "student": args.student,
               "teacher": args.teacher, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-              "load_average_start": os.getloadavg(), "machine": platform.processor() or platform.machine(),
-              "cpu_count": os.cpu_count()}
+              "load_average_start": load_start, "machine": platform.processor() or platform.machine(),
+              "cpu_count": os.cpu_count(), "topk": args.topk, "cache_bytes_per_position": per_position,
+              "cache_gb_per_million_instances_80_predictions": per_million_instances / 1e9}
     if args.full_tokens:
         full_batch = max(1, args.full_tokens // args.seq_len)
-        full = bench(full_batch, args.seq_len, max(2, args.repeats // 2), 1, args.student, args.teacher)
+        full = bench(full_batch, args.seq_len, max(2, args.repeats // 2), 1, args.student, args.teacher,
+                     topk=args.topk)
         result["full_size"] = {"batch_size": full_batch, "seq_len": args.seq_len,
                                "full_step_s": full["full_step"]["median_s"], "tokens_per_s": full["tokens_per_s"],
                                "ratio_full_vs_teacher_plus_student": full["ratio_full_vs_teacher_plus_student"],
+                               "cached_step_s": full["cached_step"]["median_s"],
+                               "cached_tokens_per_s": full["cached_tokens_per_s"],
+                               "ratio_cached_vs_student_plus_optimizer":
+                                   full["ratio_cached_vs_student_plus_optimizer"],
+                               "speedup_cached_vs_full": full["speedup_cached_vs_full"],
                                "parts_ms": {k: 1000 * full[k]["median_s"] for _, k in rows}}
         print(f"full-size step ({full_batch}x{args.seq_len} = {full_batch * args.seq_len} tokens): "
               f"{1000 * full['full_step']['median_s']:.0f} ms, {full['tokens_per_s']:.0f} tokens/s, "
-              f"ratio {full['ratio_full_vs_teacher_plus_student']:.3f}")
+              f"ratio {full['ratio_full_vs_teacher_plus_student']:.3f}; cached "
+              f"{1000 * full['cached_step']['median_s']:.0f} ms, {full['cached_tokens_per_s']:.0f} tokens/s, "
+              f"ratio to student+optimizer {full['ratio_cached_vs_student_plus_optimizer']:.3f}")
     result["load_average_end"] = os.getloadavg()
     write_json(args.output, result)
     print(f"wrote {args.output}")
