@@ -317,7 +317,8 @@ def test_distilling_from_the_default_k_cache_learns_what_the_live_teacher_teache
     teacher = load_teacher(teacher_path)
     judge = dict(data_eval=shards, teacher_cache=None)
     results = {}
-    for name, config in (("live", live), ("cached", cached), ("untrained", dataclasses.replace(live, lr=0.0))):
+    untrained = dataclasses.replace(live, lr=0.0, ckpt_dir=str(tmp_path / "untrained"))
+    for name, config in (("live", live), ("cached", cached), ("untrained", untrained)):
         student = pretrain(config)["student"]
         batches, _ = eval_batches(dataclasses.replace(config, **judge), Distributed(use_horovod=False))
         results[name] = evaluate(student, teacher, DistillationLoss(0.0, 1.0, T), batches, mx.cpu(), "float32")
