@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bort  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-from bort.agora import collect, read_grid, run_pending  # noqa: E402
+from bort.agora import collect, read_grid, run_pending, trials  # noqa: E402
 from bort.agora_data import write_examples  # noqa: E402
 from bort.agora_rounds import finetune_options, run_agora, score_examples  # noqa: E402
 from bort.errors import BortError, run_cli  # noqa: E402
@@ -44,6 +44,7 @@ def parse_args(argv):
     p.add_argument("--train_rows", type=int, default=200)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--output_dir", required=True)
+    p.add_argument("--dev_rows", type=int, default=0, help="use this many dev rows (seeded; 0: all)")
     p.add_argument("--heldout_fraction", type=float, default=0.5)
     p.add_argument("--split_seed", type=int, default=0)
     p.add_argument("--max_rounds", type=int, default=3)
@@ -56,17 +57,25 @@ def parse_args(argv):
     return args
 
 
-def baseline_trials(grid, count, seed):
-    """`count` grid trials: Θ's settings (seed left out) repeated over seeds seed*1000, seed*1000+1, ..."""
-    keys = [k for k in grid if k != "seed"]
-    settings = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+def baseline_trials(grid, count):
+    """The first `count` trials of Θ repeated with new seeds (seed + 1000 * replica): the plain grid's budget."""
+    base = list(trials(grid))
     out = []
     for replica in itertools.count():
-        for setting in settings:
+        for _, setting in base:
             if len(out) == count:
                 return out
-            full = dict(setting, seed=seed * 1000 + replica)
+            full = dict(setting)
+            full["seed"] = int(full.get("seed", 0)) + 1000 * replica
             out.append(("_".join(f"{k}{v}" for k, v in full.items()), full))
+
+
+def dev_subset(task, segment, args):
+    """The dev rows of the experiment (--dev_rows of them, drawn with --split_seed; all when 0)."""
+    dev = task.read(segment, args.data_dir)
+    if not args.dev_rows or args.dev_rows >= len(dev):
+        return dev
+    return [dev[i] for i in sorted(np.random.RandomState(args.split_seed).permutation(len(dev))[:args.dev_rows])]
 
 
 def run_seed(args, seed, task, tokenizer, max_len):
@@ -76,7 +85,7 @@ def run_seed(args, seed, task, tokenizer, max_len):
     rows = np.random.RandomState(seed).permutation(len(train))[:args.train_rows]
     write_examples(task, "train", [train[i] for i in sorted(rows)], data_dir)
     for segment in task.dev_segments:
-        write_examples(task, segment, task.read(segment, args.data_dir), data_dir)
+        write_examples(task, segment, dev_subset(task, segment, args), data_dir)
     agora_args = SimpleNamespace(
         task_name=task.name, output_dir=os.path.join(folder, "agora"), grid=args.grid, gpus=[],
         teacher_parameters=args.teacher_parameters, generators=[g for g in args.generators.split(",") if g],
@@ -86,7 +95,7 @@ def run_seed(args, seed, task, tokenizer, max_len):
     agora = run_agora(agora_args)
     heldout = {seg: task.read(seg, os.path.join(folder, "agora", "heldout")) for seg in agora["heldout"]}
     grid_args = SimpleNamespace(task_name=task.name, gpus=[], finetune_args=args.finetune_args)
-    baseline = baseline_trials(read_grid(args.grid), agora["runs"], seed)
+    baseline = baseline_trials(read_grid(args.grid), agora["runs"])
     grid_dir = os.path.join(folder, "grid")
     run_pending(baseline, grid_args, grid_dir, data_dir=os.path.join(folder, "agora", "round_01", "data"),
                 label=f"grid seed {seed}")
