@@ -1,4 +1,4 @@
-"""Agora-style hyperparameter grid search over finetune_bort.py (the original never released its Agora code).
+"""The plain grid search over finetune_bort.py, and the trial runner Agora's rounds use (bort/agora_rounds.py).
 
 A grid is a JSON file {flag: [values, ...]} (scripts/agora_grids/default.json, or <TASK>.json beside it when it
 exists). Each combination is one trial, run as its own finetune_bort.py process in `<output_dir>/<trial>/`; a

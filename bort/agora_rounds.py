@@ -113,6 +113,7 @@ def finetune_options(finetune_args):
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--max_len", type=int, default=512)
     parser.add_argument("--dev_batch_size", type=int, default=8)
+    parser.add_argument("--model_config", default="bort_4_8_768_1024")
     add_tokenizer_args(parser, dataset_name="openwebtext_ccnews_stories_books_cased")
     options, _ = parser.parse_known_args(list(finetune_args))
     return options
@@ -147,7 +148,8 @@ class Agora:
         if "mlm" in args.generators and args.mlm_parameters:
             from .checkpoint import load_model
 
-            self.mlm = augment.MlmReplacer(load_model(args.mlm_parameters, use_decoder=True), self.tokenizer)
+            mlm = load_model(args.mlm_parameters, config=self.options.model_config, use_decoder=True)
+            self.mlm = augment.MlmReplacer(mlm, self.tokenizer)
         self.functions = augment.make_generators(args.generators, self.mlm)
         self.labeler = Labeler(self.task, args.teacher_parameters, self.tokenizer, self.options.max_len)
         self.teacher_accuracy = self.labeler.check(official_dev)

@@ -22,7 +22,7 @@ import bort  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
 from bort.agora import collect, read_grid, run_pending, trials  # noqa: E402
-from bort.agora_data import write_examples  # noqa: E402
+from bort.agora_data import split_dev, write_examples  # noqa: E402
 from bort.agora_rounds import finetune_options, run_agora, score_examples  # noqa: E402
 from bort.errors import BortError, run_cli  # noqa: E402
 from bort.io import atomic_write, write_json  # noqa: E402
@@ -39,8 +39,12 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task_name", required=True)
     p.add_argument("--data_dir", required=True, help="the task's official files (train and dev)")
-    p.add_argument("--teacher_parameters", required=True, help="the trained model (labeler)")
-    p.add_argument("--grid", required=True, help="Θ: a grid file whose 'seed' list is extended for the baseline")
+    p.add_argument("--teacher_parameters", default=None, help="the trained model (labeler); required unless "
+                                                               "--labeler_data")
+    p.add_argument("--labeler_data", default=None,
+                   help="only write a data folder for training the labeler (every training row; dev = the E part "
+                        "of the experiment's dev rows, so the held-out part stays unseen) and exit")
+    p.add_argument("--grid", default=None, help="Θ: a grid file whose 'seed' list is extended for the baseline")
     p.add_argument("--train_rows", type=int, default=200)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--output_dir", required=True)
@@ -118,6 +122,16 @@ def main(argv=None):
     tokenizer = tokenizer_from_args(options)
     if any(a == "--data_dir" or a.startswith("--data_dir=") for a in args.finetune_args):
         raise BortError("--data_dir: give it before `--` (the experiment writes each seed's data folder)")
+    if args.labeler_data:
+        write_examples(task, "train", task.read("train", args.data_dir), args.labeler_data)
+        for segment in task.dev_segments:
+            evaluation, _ = split_dev(task, {segment: dev_subset(task, segment, args)}, args.heldout_fraction,
+                                      args.split_seed)[segment]
+            write_examples(task, segment, evaluation, args.labeler_data)
+        print(f"labeler data: {args.labeler_data}")
+        return
+    if not args.teacher_parameters or not args.grid:
+        raise BortError("--teacher_parameters and --grid: required (unless --labeler_data)")
     rows = [run_seed(args, seed, task, tokenizer, options.max_len) for seed in args.seeds]
     means = {c: float(np.mean([r[c] for r in rows])) for c in COLUMNS[1:]}
     wins = sum(r["agora_heldout"] > r["grid_heldout"] for r in rows)

@@ -18,6 +18,7 @@ from bort.agora_data import raw_label, split_dev, write_examples
 from bort.agora_rounds import Labeler, prune
 from bort.errors import BortError, run_cli
 from bort.finetune import build_task_model, save_task_checkpoint
+from bort.checkpoint import save_parameters
 from bort.model import build_model, get_config
 from bort.tasks import get_task
 from bort.tokenizer import load_tokenizer
@@ -201,9 +202,16 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
     shutil.copy("test_data/glue/SST-2/test.tsv", data / "test.tsv")
     grid = tmp_path / "theta.json"
     grid.write_text(json.dumps({"lr": [1e-3, 1e-4], "seed": [0, 1]}))
+    mlm = tmp_path / "mlm" / "bort_mlm.params"  # an (untrained) model with its MLM head wires the mlm generator
+    config = get_config("bort_tiny", vocab_size=tokenizer().vocab_size)
+    model = build_model(config)
+    model(mx.nd.array([[0, 5, 2]]), mx.nd.array([3]), mx.nd.array([[1]]))  # finish deferred shapes
+    save_parameters(model, str(mlm), config=config)
     out = tmp_path / "agora"
     # a margin of 1 makes round 2 fall short of round 1 whatever it scores: one replay
-    proc = agora(out, data, teacher, grid, "--replay_margin", "1", "--heldout_fraction", "0.25")
+    flags = ["--replay_margin", "1", "--heldout_fraction", "0.25", "--generators", "dropout,swap,mlm",
+             "--mlm_parameters", str(mlm)]
+    proc = agora(out, data, teacher, grid, *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     first = json.loads((out / "round_01" / "round.json").read_text())
     second = json.loads((out / "round_02" / "round.json").read_text())
@@ -213,6 +221,7 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
     # D grows by the generated examples (written as an SST-2 file), labelled by the trained model
     generated = [json.loads(x) for x in (out / "round_01" / "generated.jsonl").read_text().splitlines()]
     assert first["generated"] == len(generated) > 0 and first["generator_replay"] == 1
+    assert {x["generator"] for x in generated} == {"dropout", "swap", "mlm"}
     train2 = get_task("SST-2").read("train", str(out / "round_02" / "data"))
     assert len(train2) == 24 + len(generated)
     assert [x["text_a"] for x in train2[24:]] == [x["text_a"] for x in generated]
@@ -237,7 +246,7 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
     os.remove(out / "round_02" / "round.json")
     os.remove(out / "round_02" / second["theta"][1] / "result.json")
     stamp = os.path.getmtime(out / "round_01" / "round.json")
-    proc = agora(out, data, teacher, grid, "--replay_margin", "1", "--heldout_fraction", "0.25")
+    proc = agora(out, data, teacher, grid, *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming after round 1" in proc.stdout and "2 trials, 1 already recorded, 1 to run" in proc.stdout
     assert "replaying" not in proc.stdout and os.path.getmtime(out / "round_01" / "round.json") == stamp
