@@ -194,6 +194,8 @@ class Agora:
         return wrong
 
     def generate(self, k, replay, mistakes, train):
+        """Variants of round k's mistakes, labelled by the trained model; `replay` > 0: the regeneration for the
+        replay of round k + 1 (each (k, replay) has its own seed)."""
         rng = np.random.RandomState(self.args.seed * 100003 + k * 101 + replay)
         seen = {augment.example_key(self.task, ex) for ex in train}
         new = augment.generate(self.task, mistakes, self.functions, self.args.variants, rng, seen)
@@ -253,7 +255,7 @@ class Agora:
             wrong = [self.evaluation[s][r] for s, r in rows_wrong]
             next_theta = prune(scored) if k < args.max_rounds else []
             generated_before = len(state["generated"])
-            new = self.generate(k, replays, wrong, train) if next_theta else []
+            new = self.generate(k, 0, wrong, train) if next_theta else []  # replays of round k+1 use 1, 2, ...
             self.write_generated(folder, new)
             record = {"round": k, "replays": replays, "theta": [n for n, _ in theta], "runs": len(theta),
                       "round_best_trial": best_round["trial"], "round_best_score": best_round["score"],
