@@ -1,4 +1,4 @@
-"""Agora-style hyperparameter grid search over finetune_bort.py (the original never released its Agora code).
+"""The plain grid search over finetune_bort.py, and the trial runner Agora's rounds use (bort/agora_rounds.py).
 
 A grid is a JSON file {flag: [values, ...]} (scripts/agora_grids/default.json, or <TASK>.json beside it when it
 exists). Each combination is one trial, run as its own finetune_bort.py process in `<output_dir>/<trial>/`; a
@@ -60,13 +60,17 @@ def trial_status(folder):
     return "incomplete" if os.path.isdir(folder) else "pending"
 
 
-def run_trial(name, setting, args, device, python=sys.executable):
-    folder = os.path.join(args.output_dir, name)
+def run_trial(name, setting, args, device, python=sys.executable, output_dir=None, data_dir=None):
+    """One finetune_bort.py process in `<output_dir>/<name>/`; `data_dir` (an Agora round's folder) overrides
+    any --data_dir among the flags given after `--`."""
+    folder = os.path.join(output_dir or args.output_dir, name)
     os.makedirs(folder, exist_ok=True)
     command = [python, FINETUNE, "--task_name", args.task_name, "--output_dir", folder]
     for key, value in setting.items():
         command += [f"--{key}", str(value)]
     command += ["--gpu", str(device)] + list(args.finetune_args)
+    if data_dir:
+        command += ["--data_dir", data_dir]
     write_json(os.path.join(folder, "status.json"), {"status": "running", "command": command, "device": device})
     tic = time.time()
     with open(os.path.join(folder, "log.txt"), "w", encoding="utf-8") as log:
@@ -88,14 +92,22 @@ def last_error_line(log_path):
 
 def search(args):
     """Run (or resume) the grid; returns the sorted result rows."""
-    grid = read_grid(grid_path(args.task_name, args.grid))
-    todo, all_trials = [], list(trials(grid))
+    all_trials = list(trials(read_grid(grid_path(args.task_name, args.grid))))
+    run_pending(all_trials, args, args.output_dir, retry_failed=args.retry_failed)
+    rows = collect(args.output_dir, all_trials)
+    write_tables(args.output_dir, rows)
+    return rows
+
+
+def run_pending(all_trials, args, output_dir, data_dir=None, retry_failed=False, label="agora"):
+    """Run the trials without a result (one per device at a time, CPU: in sequence)."""
+    todo = []
     for name, setting in all_trials:
-        status = trial_status(os.path.join(args.output_dir, name))
-        if status == "done" or (status == "failed" and not args.retry_failed):
+        status = trial_status(os.path.join(output_dir, name))
+        if status == "done" or (status == "failed" and not retry_failed):
             continue
         todo.append((name, setting))
-    print(f"agora: {len(all_trials)} trials, {len(all_trials) - len(todo)} already recorded, {len(todo)} to run",
+    print(f"{label}: {len(all_trials)} trials, {len(all_trials) - len(todo)} already recorded, {len(todo)} to run",
           flush=True)
     devices = args.gpus if args.gpus else [999]
     jobs = queue.Queue()
@@ -108,8 +120,8 @@ def search(args):
                 name, setting = jobs.get_nowait()
             except queue.Empty:
                 return
-            status = run_trial(name, setting, args, device)
-            print(f"agora: {name} on {'cpu' if device == 999 else f'gpu {device}'}: {status['status']} "
+            status = run_trial(name, setting, args, device, output_dir=output_dir, data_dir=data_dir)
+            print(f"{label}: {name} on {'cpu' if device == 999 else f'gpu {device}'}: {status['status']} "
                   f"({status['seconds']:.0f} s){' ' + status.get('error', '') if status['status'] != 'done' else ''}",
                   flush=True)
 
@@ -118,9 +130,6 @@ def search(args):
         thread.start()
     for thread in threads:
         thread.join()
-    rows = collect(args.output_dir, all_trials)
-    write_tables(args.output_dir, rows)
-    return rows
 
 
 def collect(output_dir, all_trials):
@@ -158,3 +167,23 @@ def write_tables(output_dir, rows):
         for row in rows:
             cells = [f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v)) for v in row.values()]
             handle.write("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n")
+
+
+def inference_command(task_name, checkpoint, output_dir, finetune_args):
+    """The finetune_bort.py --only_inference command line for a checkpoint, with the flags given after `--`
+    (data directory, vocabulary, model config, ...) so that it runs as printed."""
+    import shlex
+
+    skip = {"--task_name", "--output_dir", "--model_parameters", "--only_inference"}
+    kept, i, extra = [], 0, list(finetune_args)
+    while i < len(extra):
+        flag = extra[i].split("=", 1)[0]
+        if flag in skip:
+            takes_value = "=" not in extra[i] and flag != "--only_inference"
+            i += 2 if takes_value else 1
+            continue
+        kept.append(extra[i])
+        i += 1
+    command = [sys.executable, FINETUNE, "--task_name", task_name, "--only_inference", "--model_parameters",
+               checkpoint, "--output_dir", output_dir] + kept
+    return " ".join(shlex.quote(str(c)) for c in command)

@@ -5,6 +5,7 @@
 architecture `<name>.json` and `<name>.task.json` naming the task), `make_batches` (length bucketing),
 `predict_outputs` (checkpoint + instances -> scores) and `evaluate`.
 """
+import json
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ from mxnet import gluon
 from .checkpoint import load_parameters, read_config, save_parameters
 from .errors import BortError
 from .heads import TaskModel
-from .io import JsonlLogger, read_json, write_json
+from .io import JsonlLogger, atomic_write, read_json, write_json
 from .locking import file_digests, hold_directory, retract_result
 from .model import get_config
 from .precision import choose_context
@@ -281,11 +282,10 @@ def run(args, tokenizer):
         dist.shutdown()  # waits for rank 0's predictions, then ends Horovod before interpreter exit
         return result
     result["checkpoint"] = os.path.abspath(ckpt)
+    dev_metrics = write_dev_predictions(task, model, data.dev, tokenizer.pad_id, args, ctx)
     if only_inference:
-        for segment, (examples, instances) in data.dev.items():
-            _, metrics = evaluate(task, model, examples, instances, tokenizer.pad_id, args.dev_batch_size, ctx,
-                                  args.dtype)
-            result["dev"][segment] = metrics
+        result["dev"].update(dev_metrics)
+        for segment, metrics in dev_metrics.items():
             log.info("%s %s: %s", task.name, segment, _fmt(metrics))
         result["score"] = main_score(task, result["dev"]) if result["dev"] else None
     for (name, segment), (examples, instances) in data.test.items():
@@ -305,6 +305,29 @@ def run(args, tokenizer):
     write_json(os.path.join(args.output_dir, "result.json"), result)
     dist.shutdown()
     return result
+
+
+def write_dev_predictions(task, model, dev, pad_id, args, ctx):
+    """`<output_dir>/dev_predictions.jsonl`: one line per dev example of the final (best) model, with its
+    segment, row number, gold label, prediction and raw scores (what Agora reads to find the mistakes).
+    Returns the metrics of each dev segment."""
+    metrics, lines = {}, []
+    for segment, (examples, instances) in dev.items():
+        outputs = predict_outputs(task, model, instances, pad_id, args.dev_batch_size, ctx, args.dtype)
+        preds = task.predict(examples, instances, outputs)
+        gold = task.gold(examples)
+        metrics[segment] = task.metrics(preds, gold)
+        per_example = [[] for _ in examples]
+        for inst, row in zip(instances, outputs):
+            per_example[inst.example].append(np.asarray(row, dtype=np.float64).ravel().tolist())
+        for row, (example, pred) in enumerate(zip(examples, preds)):
+            lines.append({"segment": segment, "row": row, "idx": example.get("idx"), "where": example["where"],
+                          "label": None if gold is None else gold[row], "prediction": pred,
+                          "scores": per_example[row] if len(per_example[row]) > 1 else per_example[row][0]})
+    with atomic_write(os.path.join(args.output_dir, "dev_predictions.jsonl")) as handle:
+        for line in lines:
+            handle.write(json.dumps(line) + "\n")
+    return metrics
 
 
 def _fmt(metrics):

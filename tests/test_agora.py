@@ -60,10 +60,9 @@ def test_two_by_two_grid_with_crash_and_resume(tmp_path):
     assert os.path.getmtime(out / rows[0]["trial"] / "result.json") == stamp
     again = list(csv.DictReader(open(out / "results.csv")))
     assert [r["status"] for r in again] == ["done", "done", "failed", "failed"]
-    # the best checkpoint goes straight to --only_inference
-    sub = tmp_path / "submission"
-    proc = subprocess.run([sys.executable, "finetune_bort.py", "--task_name", "WNLI", "--only_inference",
-                           "--model_parameters", again[0]["checkpoint"], "--output_dir", str(sub)] + FINETUNE_ARGS,
-                          capture_output=True, text=True, timeout=300)
+    # the printed --only_inference command runs as printed (it used to drop the flags given after `--`)
+    command = [line for line in proc.stdout.splitlines() if line.startswith("predict: ")][-1][len("predict: "):]
+    assert "--data_dir test_data/glue/WNLI" in command and "--model_parameters " + again[0]["checkpoint"] in command
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (sub / "WNLI.tsv").read_text().startswith("index\tprediction\n0\t")
+    assert (out / "submission" / "WNLI.tsv").read_text().startswith("index\tprediction\n0\t")
