@@ -1,4 +1,5 @@
-"""CPU inference speed of Bort, BERT-base and RoBERTa-large: our MXNet modes against HF transformers on PyTorch.
+"""CPU inference speed of Bort, BERT-base and RoBERTa-large: our MXNet modes against HF transformers on PyTorch
+and the same HF graph in ONNX Runtime.
 
 Each framework runs in its own worker process (two OpenMP runtimes in one process distort both); the workers
 stay up and take turns, one timing round each, so both see the same machine load; medians over all rounds.
@@ -11,8 +12,15 @@ quiet machine (the table prints the load average before and after).
     python scripts/benchmark_inference.py --models bort --batch_sizes 1 8 --seq_lens 128 --rounds 5
     python scripts/benchmark_inference.py            # the full grid: slow on 2 cores (RoBERTa-large at 512 x 32)
 
+ONNX Runtime peers (benchmark-only dependencies onnxruntime and onnx, requirements-bench.txt): the same-shaped HF
+`BertModel` (random weights, seed 0, as the PyTorch worker's) exported with `torch.onnx.export` in a helper process,
+then `fp32` (the exported graph, all ORT graph optimizations), `opt_fp32` (after ORT's transformer optimizer:
+fused attention, layer norm, GELU), `int8` (`quantize_dynamic` of the exported graph) and `opt_int8`
+(`quantize_dynamic` of the optimized graph). Sessions use intra_op_num_threads = --threads, one inter-op thread.
+
 Prints a table and writes JSON (--output) with sequences/s, speed-up ratios and GFLOP/s against the measured
-fp32 matrix-multiply peak.
+fp32 matrix-multiply peak, and the goal rows: our fastest accurate mode against the fastest peer, our fp32 against
+ONNX Runtime's optimized fp32.
 """
 import argparse
 import json
@@ -27,6 +35,10 @@ import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before any framework is im
 MODELS = {"bort": "bort_4_8_768_1024", "bert_base": "bert_12_768_12", "roberta_large": "roberta_24_1024_16"}
 OUR_MODES = ("gluon", "fp32", "fused", "bf16", "int8")  # gluon: the plain BortModel (gluon-nlp blocks), fp32
 TORCH_MODES = ("fp32", "bf16", "int8")
+ORT_MODES = ("fp32", "opt_fp32", "int8", "opt_int8")
+# the peers the goal rows compare against: (framework, mode)
+GOAL_PEERS = (("torch", "int8"), ("ort", "int8"), ("ort", "opt_int8"), ("ort", "opt_fp32"))
+ACCURATE_COSINE = 0.999  # a mode counts as accurate when its hidden states keep this mean cosine to fp32
 CHECK_BATCH, CHECK_SEQ, NUM_CLASSES = 4, 128, 3
 
 
@@ -111,25 +123,33 @@ def matmul_peak_mxnet(mx):
     return 2 * n ** 3 / best / 1e9
 
 
-def torch_worker(args):
+def hf_bert(config_json):
+    """(config, HF `BertModel` with the config's sizes and seed-0 random weights), as the PyTorch and ONNX peers
+    both use it."""
     import types
 
-    import numpy as np
     import torch
     from transformers import BertConfig, BertModel
 
-    # No bort.model here: it imports MXNet, and a second OpenMP runtime in this process slows PyTorch badly.
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    config = types.SimpleNamespace(**json.loads(args.config_json))
     if "mxnet" in sys.modules:
         raise RuntimeError("the PyTorch worker must not load MXNet (two OpenMP runtimes)")
+    config = types.SimpleNamespace(**json.loads(config_json))
     hf = BertConfig(vocab_size=config.vocab_size, hidden_size=config.units, num_hidden_layers=config.num_layers,
                     num_attention_heads=config.num_heads, intermediate_size=config.hidden_size,
                     max_position_embeddings=config.max_length + 2, type_vocab_size=max(1, config.token_type_vocab_size),
                     layer_norm_eps=config.layer_norm_eps, hidden_act="gelu")
     torch.manual_seed(0)
+    return config, BertModel(hf, add_pooling_layer=False).eval()
+
+
+def torch_worker(args):
+    import numpy as np
+    import torch
+
+    # No bort.model here: it imports MXNet, and a second OpenMP runtime in this process slows PyTorch badly.
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    config, base = hf_bert(args.config_json)
     rng = np.random.RandomState(0)
-    base = BertModel(hf, add_pooling_layer=False).eval()
     models = {"fp32": base}  # the reference, timed only when asked for
     for mode in args.modes:
         if mode == "int8":
@@ -178,6 +198,90 @@ def torch_worker(args):
     serve(time_modes, checks, 2 * n ** 3 / best / 1e9)
 
 
+def ort_export(args):
+    """Helper process (PyTorch, no ONNX Runtime session): export the HF model, optimize it, quantize both."""
+    import torch
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    config, base = hf_bert(args.config_json)
+
+    class Wrapped(torch.nn.Module):  # transformers 5.x takes the attention mask by keyword only
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    out = args.export_dir
+    paths = {mode: os.path.join(out, f"{mode}.onnx") for mode in ORT_MODES}
+    ids = torch.randint(5, config.vocab_size, (2, 16))
+    with torch.inference_mode():
+        torch.onnx.export(Wrapped(base), (ids, torch.ones_like(ids)), paths["fp32"], dynamo=False,
+                          input_names=["input_ids", "attention_mask"], output_names=["hidden"], opset_version=17,
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                                        "hidden": {0: "batch", 1: "seq"}})
+    optimized = optimize_model(paths["fp32"], model_type="bert", num_heads=config.num_heads,
+                               hidden_size=config.units)
+    log(f"[ort export] fused operators: {optimized.get_fused_operator_statistics()}")
+    optimized.save_model_to_file(paths["opt_fp32"])
+    quantize_dynamic(paths["fp32"], paths["int8"], weight_type=QuantType.QInt8)
+    # the optimizer's graph has value infos without a type; quantize_dynamic needs a default for them
+    quantize_dynamic(paths["opt_fp32"], paths["opt_int8"], weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def ort_worker(args):
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    config = json.loads(args.config_json)
+    threads = int(os.environ["OMP_NUM_THREADS"])
+    rng = np.random.RandomState(0)
+    with tempfile.TemporaryDirectory(prefix="bort_ort_") as tmp:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "ort_export", "--model", args.model,
+               "--config_json", args.config_json, "--export_dir", tmp]
+        subprocess.run(cmd, check=True, stdout=sys.stderr)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sessions = {m: ort.InferenceSession(os.path.join(tmp, f"{m}.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+                    for m in set(args.modes) | {"fp32"}}
+
+    def run(mode, ids, valid):
+        mask = (np.arange(ids.shape[1])[None, :] < valid[:, None]).astype(np.int64)
+        return sessions[mode].run(None, {"input_ids": ids.astype(np.int64), "attention_mask": mask})[0]
+
+    cfg = type("Config", (), config)
+    ids, valid = random_batch(rng, cfg, CHECK_BATCH, CHECK_SEQ)
+    head = rng.normal(size=(config["units"], NUM_CLASSES)).astype(np.float32)
+    ref = run("fp32", ids, valid)
+    checks = {m: agreement(run(m, ids, valid), ref, valid, head) for m in args.modes}
+    log(f"[ort {args.model}] ready: {checks}")
+
+    def time_modes(batch_size, seq_len, repeats):
+        batch = random_batch(rng, cfg, batch_size, seq_len, full=True)
+        for mode in args.modes:
+            run(mode, *batch)
+        times = {m: [] for m in args.modes}
+        for _ in range(repeats):
+            for mode in args.modes:
+                start = time.perf_counter()
+                run(mode, *batch)
+                times[mode].append(time.perf_counter() - start)
+        return times
+
+    serve(time_modes, checks, None)
+
+
 def serve(time_modes, checks, peak):
     """Worker loop: announce readiness, then answer one timing request per stdin line."""
     print(json.dumps({"ready": True, "checks": checks, "matmul_peak_gflops": peak}), flush=True)
@@ -199,7 +303,7 @@ class Worker:
         config = json.dumps(get_config(MODELS[model]).to_dict())
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model,
                "--config_json", config,
-               "--modes", *modes, "--calib_batch", str(args.calib_batch), "--calib_seq", str(args.calib_seq),
+               "--worker_modes", *modes, "--calib_batch", str(args.calib_batch), "--calib_seq", str(args.calib_seq),
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
         self.framework = framework
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
@@ -227,9 +331,9 @@ class Worker:
             self.proc.wait(timeout=60)
 
 
-def torch_available():
+def available(*modules):
     import importlib.util
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def median(values):
@@ -243,11 +347,14 @@ def run_benchmark(args):
     from bort.model import get_config
 
     frameworks = [("mxnet", args.modes)]
-    torch_modes = [m for m in args.torch_modes if m in TORCH_MODES]
-    if torch_modes and torch_available():
-        frameworks.append(("torch", torch_modes))
-    elif torch_modes:
+    if args.torch_modes and available("torch", "transformers"):
+        frameworks.append(("torch", args.torch_modes))
+    elif args.torch_modes:
         log("torch/transformers not installed: PyTorch peers skipped")
+    if args.ort_modes and available("torch", "transformers", "onnx", "onnxruntime"):
+        frameworks.append(("ort", args.ort_modes))
+    elif args.ort_modes:
+        log("onnxruntime/onnx (requirements-bench.txt) or torch/transformers not installed: ONNX Runtime peers skipped")
     load_before = os.getloadavg()
     results, checks, peaks = [], {}, {}
     for model in args.models:
@@ -257,7 +364,8 @@ def run_benchmark(args):
                 log(f"starting {framework} worker for {model} ({', '.join(modes)})")
                 workers.append(Worker(framework, model, modes, args))
                 checks.setdefault(model, {})[framework] = workers[-1].info["checks"]
-                peaks[framework] = workers[-1].info["matmul_peak_gflops"]
+                if workers[-1].info["matmul_peak_gflops"]:
+                    peaks[framework] = workers[-1].info["matmul_peak_gflops"]
             config = get_config(MODELS[model])
             for batch in args.batch_sizes:
                 for seq in args.seq_lens:
@@ -275,7 +383,7 @@ def run_benchmark(args):
                                         "round_medians_s": rounds[(framework, mode)],
                                         "seqs_per_s": batch / sec, "gflops_per_s": flops / sec / 1e9,
                                         "fraction_of_fp32_peak": flops / sec / 1e9 / peaks["mxnet"]})
-                        log(f"{model:14s} b{batch:<3d} L{seq:<4d} {framework:6s} {mode:6s} {sec:8.4f}s")
+                        log(f"{model:14s} b{batch:<3d} L{seq:<4d} {framework:6s} {mode:8s} {sec:8.4f}s")
         finally:
             for w in workers:
                 w.close()
@@ -284,12 +392,12 @@ def run_benchmark(args):
             "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "mxnet_engine": args.engine,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks, "checks": checks,
-            "results": results, "ratios": ratios(results)}
+            "results": results, "ratios": ratios(results), "goals": goals(results, checks)}
 
 
 def ratios(results):
     by = {(r["model"], r["framework"], r["mode"], r["batch"], r["seq"]): r["median_s"] for r in results}
-    out = {"bort_vs_bert_base": [], "bort_vs_roberta_large": [], "ours_vs_torch": []}
+    out = {"bort_vs_bert_base": [], "bort_vs_roberta_large": [], "ours_vs_peers": []}
     for (model, fw, mode, b, s), sec in by.items():
         if model != "bort":
             continue
@@ -301,14 +409,50 @@ def ratios(results):
     for (model, fw, mode, b, s), sec in by.items():
         if fw != "mxnet":
             continue
-        for tmode in TORCH_MODES:
-            key = (model, "torch", tmode, b, s)
-            if key in by:
-                # paired: the two frameworks take turns, so each round's ratio sees one machine load
-                paired = median([t / o for t, o in zip(per_round[key], per_round[(model, fw, mode, b, s)])])
-                out["ours_vs_torch"].append({"model": model, "ours": mode, "torch": tmode, "batch": b, "seq": s,
-                                             "speedup": by[key] / sec, "paired_speedup": paired})
+        for peer_fw, peer_modes in (("torch", TORCH_MODES), ("ort", ORT_MODES)):
+            for pmode in peer_modes:
+                key = (model, peer_fw, pmode, b, s)
+                if key in by:
+                    out["ours_vs_peers"].append({"model": model, "ours": mode, "peer": f"{peer_fw}:{pmode}",
+                                                 "batch": b, "seq": s, "speedup": by[key] / sec,
+                                                 "paired_speedup": paired(per_round[key],
+                                                                          per_round[(model, fw, mode, b, s)])})
     return out
+
+
+def paired(peer_rounds, our_rounds):
+    """Median of the per-round ratios: the frameworks take turns, so each round's ratio sees one machine load."""
+    return median([p / o for p, o in zip(peer_rounds, our_rounds)])
+
+
+def goals(results, checks):
+    """The issue's goal rows per (model, batch, seq): our fastest accurate mode against the fastest peer among
+    GOAL_PEERS (target >= 1.3), our fp32 against ONNX Runtime's optimized fp32 (target >= 1.0)."""
+    rows = []
+    by = {(r["model"], r["framework"], r["mode"], r["batch"], r["seq"]): r for r in results}
+    for model, b, s in sorted({(r["model"], r["batch"], r["seq"]) for r in results}):
+        ours = {mode: r for (m, fw, mode, bb, ss), r in by.items() if (m, fw, bb, ss) == (model, "mxnet", b, s)}
+        accurate = {mode: r for mode, r in ours.items()
+                    if checks.get(model, {}).get("mxnet", {}).get(mode, {}).get("mean_cosine", 0) >= ACCURATE_COSINE}
+        peers = {f"{fw}:{mode}": by[(model, fw, mode, b, s)] for fw, mode in GOAL_PEERS
+                 if (model, fw, mode, b, s) in by}
+        if accurate and peers:
+            best_mode = min(accurate, key=lambda m: accurate[m]["median_s"])
+            best_peer = min(peers, key=lambda p: peers[p]["median_s"])
+            mine, theirs = accurate[best_mode], peers[best_peer]
+            rows.append({"model": model, "batch": b, "seq": s, "goal": "fastest accurate >= 1.3x fastest peer",
+                         "ours": best_mode, "peer": best_peer, "speedup": theirs["median_s"] / mine["median_s"],
+                         "paired_speedup": paired(theirs["round_medians_s"], mine["round_medians_s"]),
+                         "target": 1.3})
+        if "fp32" in ours and (model, "ort", "opt_fp32", b, s) in by:
+            mine, theirs = ours["fp32"], by[(model, "ort", "opt_fp32", b, s)]
+            rows.append({"model": model, "batch": b, "seq": s, "goal": "our fp32 >= ORT optimized fp32",
+                         "ours": "fp32", "peer": "ort:opt_fp32", "speedup": theirs["median_s"] / mine["median_s"],
+                         "paired_speedup": paired(theirs["round_medians_s"], mine["round_medians_s"]),
+                         "target": 1.0})
+    for row in rows:
+        row["met"] = row["speedup"] >= row["target"]
+    return rows
 
 
 def print_table(report):
@@ -316,10 +460,10 @@ def print_table(report):
           f"load(1,5,15 min) before={report['load_average_before']} "
           f"after={tuple(round(x, 2) for x in report['load_average_after'])} "
           f"fp32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()))
-    print(f"{'model':14s} {'batch':>5s} {'seq':>4s} {'framework':9s} {'mode':6s} {'median s':>9s} "
+    print(f"{'model':14s} {'batch':>5s} {'seq':>4s} {'framework':9s} {'mode':8s} {'median s':>9s} "
           f"{'seq/s':>8s} {'GFLOP/s':>8s} {'%peak':>6s}")
     for r in report["results"]:
-        print(f"{r['model']:14s} {r['batch']:5d} {r['seq']:4d} {r['framework']:9s} {r['mode']:6s} "
+        print(f"{r['model']:14s} {r['batch']:5d} {r['seq']:4d} {r['framework']:9s} {r['mode']:8s} "
               f"{r['median_s']:9.4f} {r['seqs_per_s']:8.1f} {r['gflops_per_s']:8.1f} "
               f"{100 * r['fraction_of_fp32_peak']:5.0f}%")
     for key, rows in report["ratios"].items():
@@ -327,6 +471,12 @@ def print_table(report):
             print(f"\n{key}:")
             for row in rows:
                 print("  " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if report.get("goals"):
+        print("\ngoals (speedup = peer time / ours; paired = median of per-round ratios):")
+        for g in report["goals"]:
+            print(f"  {g['model']:6s} b{g['batch']:<3d} L{g['seq']:<4d} {g['goal']:40s} ours={g['ours']:6s} "
+                  f"peer={g['peer']:13s} {g['speedup']:5.2f} (paired {g['paired_speedup']:5.2f}) "
+                  f"target {g['target']:.1f} {'met' if g['met'] else 'NOT met'}")
     print("\naccuracy vs fp32 (random check batch):")
     for model, per_fw in report["checks"].items():
         for fw, per_mode in per_fw.items():
@@ -343,6 +493,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=list(OUR_MODES), choices=OUR_MODES, help="our MXNet modes")
     parser.add_argument("--torch_modes", nargs="*", default=list(TORCH_MODES), choices=TORCH_MODES,
                         help="PyTorch peers (none: skip PyTorch)")
+    parser.add_argument("--ort_modes", nargs="*", default=["opt_fp32", "int8", "opt_int8"], choices=ORT_MODES,
+                        help="ONNX Runtime peers (none: skip ONNX Runtime); fp32 is the unoptimized export")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per framework and shape")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode in each round")
     parser.add_argument("--calib_batch", type=int, default=8)
@@ -355,12 +507,16 @@ def main(argv=None):
                         help="MXNet engine of our worker (bort.runtime.configure_inference_engine): naive runs "
                              "operators on the calling thread, the inference setting; threaded is MXNet's default")
     parser.add_argument("--output", default="benchmark_inference.json")
-    parser.add_argument("--worker", choices=("mxnet", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("mxnet", "torch", "ort", "ort_export"), help=argparse.SUPPRESS)
+    parser.add_argument("--export_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_modes", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--config_json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return mxnet_worker(args) if args.worker == "mxnet" else torch_worker(args)
+        workers = {"mxnet": mxnet_worker, "torch": torch_worker, "ort": ort_worker, "ort_export": ort_export}
+        args.modes = args.worker_modes
+        return workers[args.worker](args)
     from bort.io import write_json
     report = run_benchmark(args)
     print_table(report)
