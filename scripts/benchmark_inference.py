@@ -307,6 +307,8 @@ class Worker:
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
         self.framework = framework
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
+        if args.omp_wait == "passive":  # the same for every OpenMP peer (ours, PyTorch); ORT has its own pool
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         if framework == "mxnet":
             from bort.runtime import ENGINES
             env["MXNET_ENGINE_TYPE"] = ENGINES[args.engine]
@@ -334,6 +336,17 @@ class Worker:
 def available(*modules):
     import importlib.util
     return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return "unknown"
 
 
 def median(values):
@@ -390,6 +403,7 @@ def run_benchmark(args):
     return {"grid": {"models": args.models, "batch_sizes": args.batch_sizes, "seq_lens": args.seq_lens,
                      "rounds": args.rounds, "repeats": args.repeats},
             "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "mxnet_engine": args.engine,
+            "omp_wait": args.omp_wait, "cpu": cpu_model(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks, "checks": checks,
             "results": results, "ratios": ratios(results), "goals": goals(results, checks)}
@@ -456,7 +470,8 @@ def goals(results, checks):
 
 
 def print_table(report):
-    print(f"threads={report['threads']} mxnet engine={report.get('mxnet_engine')} "
+    print(f"cpu={report.get('cpu')} threads={report['threads']} mxnet engine={report.get('mxnet_engine')} "
+          f"omp_wait={report.get('omp_wait')} "
           f"load(1,5,15 min) before={report['load_average_before']} "
           f"after={tuple(round(x, 2) for x in report['load_average_after'])} "
           f"fp32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()))
@@ -506,6 +521,9 @@ def main(argv=None):
     parser.add_argument("--engine", default="naive", choices=("naive", "threaded"),
                         help="MXNet engine of our worker (bort.runtime.configure_inference_engine): naive runs "
                              "operators on the calling thread, the inference setting; threaded is MXNet's default")
+    parser.add_argument("--omp_wait", default="auto", choices=("auto", "active", "passive"),
+                        help="OpenMP wait policy of the MXNet and PyTorch workers (bort.runtime.configure_omp_wait): "
+                             "auto is passive when the load average exceeds the cores at the start")
     parser.add_argument("--output", default="benchmark_inference.json")
     parser.add_argument("--worker", choices=("mxnet", "torch", "ort", "ort_export"), help=argparse.SUPPRESS)
     parser.add_argument("--export_dir", help=argparse.SUPPRESS)
@@ -518,6 +536,9 @@ def main(argv=None):
         args.modes = args.worker_modes
         return workers[args.worker](args)
     from bort.io import write_json
+    from bort.runtime import busy_machine
+    if args.omp_wait == "auto":
+        args.omp_wait = "passive" if busy_machine(args.threads) else "active"
     report = run_benchmark(args)
     print_table(report)
     write_json(args.output, report)

@@ -40,6 +40,10 @@ def get_parser():
     p.add_argument("--engine", default="naive", choices=["naive", "threaded"],
                    help="MXNet engine (bort.runtime.configure_inference_engine): naive is faster on free cores, "
                         "threaded on a machine that is busy with other work")
+    p.add_argument("--omp_wait", default="auto", choices=["auto", "active", "passive"],
+                   help="how idle OpenMP threads wait (bort.runtime.configure_omp_wait): active spins (fastest on "
+                        "free cores), passive sleeps (much faster on a busy machine), auto picks passive when the "
+                        "load average exceeds the cores")
     add_tokenizer_args(p, dataset_name="openwebtext_ccnews_stories_books_cased")
     return p
 
@@ -50,8 +54,9 @@ def main(argv=None):
                         datefmt="%H:%M:%S")
     from tqdm import tqdm
 
-    from bort.runtime import configure_inference_engine
+    from bort.runtime import configure_inference_engine, configure_omp_wait
     engine = configure_inference_engine(args.engine)  # before the first MXNet import
+    omp_wait = configure_omp_wait(args.omp_wait)
     from bort.finetune import load_task_checkpoint
     from bort.inference import calibration_batches, predict_task, prepare
     from bort.io import atomic_write
@@ -71,7 +76,8 @@ def main(argv=None):
                                     max_len)
     start = time.time()
     encoder = prepare(model.bort, args.mode, calib_batches=calib, calib_mode=args.calib_mode)
-    log.info("mode %s ready in %.1fs (MXNet engine %s)", args.mode, time.time() - start, engine)
+    log.info("mode %s ready in %.1fs (MXNet engine %s, OpenMP wait %s)", args.mode, time.time() - start, engine,
+             omp_wait)
     num_seqs = sum(len(inst.seqs) for inst in instances)
     start = time.time()
     with tqdm(total=num_seqs, desc=f"predict {task.name} {args.segment} ({args.mode})", unit="seq") as bar:

@@ -1,0 +1,150 @@
+"""Accuracy cost of the CPU inference modes on real GLUE data: dev accuracy of every mode against fp32.
+
+For each task (default: the real SST-2 and RTE files in ../shared/real_data/glue_data) it fine-tunes a small
+Bort-shaped model from scratch with the repository's fine-tuner (`bort.finetune.run`, the code behind
+`finetune_bort.py`), then predicts the dev set in every mode of `bort.inference` through `predict_task` (the path
+`scripts/predict.py` takes). INT8 is calibrated on training sentences (never on dev). Reports per mode: dev
+accuracy, its change against fp32 in points, agreement of the predicted labels with fp32's, and the largest change
+of a task logit.
+
+    python scripts/benchmark_inference_accuracy.py --output docs/benchmarks/inference_accuracy_real.json
+
+No pretrained Bort weights are available offline, so the encoders start from random weights: accuracies are those of
+small models trained on 2,000 examples, well below published GLUE numbers. What this measures is the change each
+mode makes to a trained model's decisions on real sentences. Training runs at `nice` priority with one thread.
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before mxnet is imported)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "real_data", "glue_data")
+# Bort's shape scaled down: depth 4, 8 heads, FFN 0.75x the hidden size.
+SMALL_CONFIG = {"num_layers": 4, "units": 128, "hidden_size": 96, "num_heads": 8, "max_length": 256}
+# per task: max_len, epochs, lr, batch size
+RECIPES = {"SST-2": (128, 6, 3e-4, 16), "RTE": (256, 6, 1e-4, 16)}
+MODES = ("fp32", "fused", "bf16", "int8", "int8_entropy")
+log = logging.getLogger("accuracy")
+
+
+def finetune(task_name, data_dir, out_dir, config_path, args):
+    """Fine-tune with finetune_bort.py's flags and library code; returns the checkpoint path."""
+    import finetune_bort
+    from bort.finetune import run
+    from bort.tokenizer import tokenizer_from_args
+
+    max_len, epochs, lr, batch = RECIPES[task_name]
+    argv = ["--task_name", task_name, "--data_dir", data_dir, "--pretrained_parameters", "none",
+            "--model_config", config_path, "--epochs", str(args.epochs or epochs),
+            "--ramp_up_epochs", str(args.epochs or epochs), "--batch_size", str(batch), "--lr", str(lr),
+            "--max_len", str(max_len), "--seed", str(args.seed), "--output_dir", out_dir,
+            "--vocab_json", args.vocab_json, "--merges", args.merges]
+    ft_args = finetune_bort.get_parser().parse_args(argv)
+    result = run(ft_args, tokenizer_from_args(ft_args))
+    return result["checkpoint"], max_len, result.get("score")
+
+
+def evaluate_modes(task_name, data_dir, checkpoint, max_len, tokenizer, modes, calib_size, batch_size):
+    import numpy as np
+
+    from bort.finetune import load_task_checkpoint
+    from bort.inference import calibration_batches, predict_task, prepare
+    from bort.tasks import get_task
+
+    task = get_task(task_name)
+    model = load_task_checkpoint(checkpoint, task, dropout=0.0)
+    dev = task.read("dev", data_dir)
+    dev_instances = task.encode(dev, tokenizer, max_len)
+    train = task.read(task.train_segment, data_dir)
+    calib_instances = task.encode(train, tokenizer, max_len)
+    gold = task.gold(dev)
+    rows, outputs = {}, {}
+    for mode in modes:
+        base_mode, calib_mode = ("int8", "entropy") if mode == "int8_entropy" else (mode, "naive")
+        calib = None
+        if base_mode == "int8":
+            calib = calibration_batches(calib_instances, 8, calib_size, tokenizer.pad_id, max_len)
+        start = time.time()
+        encoder = prepare(model.bort, base_mode, calib_batches=calib, calib_mode=calib_mode)
+        outputs[mode] = predict_task(model.head, encoder, dev_instances, tokenizer.pad_id, batch_size, max_len)
+        preds = task.predict(dev, dev_instances, outputs[mode])
+        metrics = task.metrics(preds, gold)
+        rows[mode] = {"metrics": metrics, "accuracy": metrics["accuracy"], "predictions": preds,
+                      "seconds": time.time() - start}
+        log.info("%s %s: %s", task_name, mode, metrics)
+    ref = rows["fp32"]
+    for mode, row in rows.items():
+        row["accuracy_change_points"] = 100 * (row["accuracy"] - ref["accuracy"])
+        row["agreement_with_fp32"] = float(np.mean([a == b for a, b in zip(row["predictions"], ref["predictions"])]))
+        row["max_abs_logit_change"] = float(np.abs(outputs[mode] - outputs["fp32"]).max())
+        del row["predictions"]
+    return {"task": task_name, "dev_examples": len(dev), "train_examples": len(train),
+            "calibration_sequences": min(calib_size, len(train)), "max_len": max_len, "modes": rows}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--glue_dir", default=DEFAULT_DATA, help="folder with the GLUE task folders (SST-2/, RTE/)")
+    p.add_argument("--work_dir", default="inference_accuracy_run", help="fine-tuned checkpoints go here")
+    p.add_argument("--reuse", action="store_true", help="reuse a checkpoint already in --work_dir")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    p.add_argument("--epochs", type=int, default=None, help="override the per-task recipe")
+    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--calib_size", type=int, default=256, help="training sequences that calibrate INT8")
+    p.add_argument("--batch_size", type=int, default=32, help="prediction batch size")
+    p.add_argument("--vocab_json", default=os.path.join(ROOT, "test_data", "vocab", "vocab.json"))
+    p.add_argument("--merges", default=os.path.join(ROOT, "test_data", "vocab", "merges.txt"))
+    p.add_argument("--output", default="inference_accuracy.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    from bort.errors import BortError
+    from bort.io import write_json
+    from bort.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(vocab_json=args.vocab_json, merges=args.merges)
+    os.makedirs(args.work_dir, exist_ok=True)
+    config_path = os.path.join(args.work_dir, "small_config.json")
+    write_json(config_path, dict(SMALL_CONFIG, vocab_size=tokenizer.vocab_size))
+    report = {"config": dict(SMALL_CONFIG, vocab_size=tokenizer.vocab_size), "vocabulary": args.vocab_json,
+              "threads": int(os.environ["OMP_NUM_THREADS"]), "tasks": []}
+    for name in args.tasks:
+        data_dir = os.path.join(args.glue_dir, name)
+        if not os.path.isfile(os.path.join(data_dir, "dev.tsv")):
+            raise BortError(f"{data_dir}: no dev.tsv (expected the GLUE {name} folder; see --glue_dir)")
+        out_dir = os.path.join(args.work_dir, name)
+        checkpoint = os.path.join(out_dir, f"model_bort_{name}.params")
+        start = time.time()
+        if args.reuse and os.path.isfile(checkpoint):
+            max_len, score = RECIPES[name][0], None
+        else:
+            checkpoint, max_len, score = finetune(name, data_dir, out_dir, config_path, args)
+        finetune_s = time.time() - start
+        result = evaluate_modes(name, data_dir, checkpoint, max_len, tokenizer, args.modes, args.calib_size,
+                                args.batch_size)
+        result.update(finetune_seconds=finetune_s, finetune_dev_score=score, recipe=dict(
+            zip(("max_len", "epochs", "lr", "batch_size"), RECIPES[name])))
+        report["tasks"].append(result)
+    write_json(args.output, report)
+    print_table(report)
+    print(f"wrote {args.output}")
+
+
+def print_table(report):
+    print(f"{'task':6s} {'mode':13s} {'dev acc':>8s} {'vs fp32':>8s} {'agree':>6s} {'max |dlogit|':>12s}")
+    for t in report["tasks"]:
+        for mode, row in t["modes"].items():
+            print(f"{t['task']:6s} {mode:13s} {row['accuracy']:8.4f} {row['accuracy_change_points']:+7.2f}p "
+                  f"{row['agreement_with_fp32']:6.3f} {row['max_abs_logit_change']:12.4f}")
+
+
+if __name__ == "__main__":
+    from bort.errors import run_cli
+
+    run_cli(main)()
