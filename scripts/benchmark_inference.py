@@ -18,6 +18,11 @@ then `fp32` (the exported graph, all ORT graph optimizations), `opt_fp32` (after
 fused attention, layer norm, GELU), `int8` (`quantize_dynamic` of the exported graph) and `opt_int8`
 (`quantize_dynamic` of the optimized graph). Sessions use intra_op_num_threads = --threads, one inter-op thread.
 
+--omp_wait applies to every peer alike: `passive` sets OMP_WAIT_POLICY=PASSIVE for the OpenMP workers (ours,
+PyTorch) and turns off spinning in ONNX Runtime's thread pool (session.intra_op.allow_spinning=0); `active` leaves
+all three spinning (their defaults). `auto` (default) is passive when the load average exceeds the cores: on a busy
+machine a spinning thread burns the time slice the thread it waits for needs.
+
 Prints a table and writes JSON (--output) with sequences/s, speed-up ratios and GFLOP/s against the measured
 fp32 matrix-multiply peak, and the goal rows: our fastest accurate mode against the fastest peer, our fp32 against
 ONNX Runtime's optimized fp32.
@@ -252,6 +257,8 @@ def ort_worker(args):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":  # --omp_wait passive: no spinning here either
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = {m: ort.InferenceSession(os.path.join(tmp, f"{m}.onnx"), options,
                                             providers=["CPUExecutionProvider"])
                     for m in set(args.modes) | {"fp32"}}
@@ -307,7 +314,7 @@ class Worker:
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
         self.framework = framework
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
-        if args.omp_wait == "passive":  # the same for every OpenMP peer (ours, PyTorch); ORT has its own pool
+        if args.omp_wait == "passive":  # every peer alike: OpenMP (ours, PyTorch) sleeps, ORT's pool does not spin
             env["OMP_WAIT_POLICY"] = "PASSIVE"
         if framework == "mxnet":
             from bort.runtime import ENGINES
