@@ -102,6 +102,11 @@ def test_bad_requests_are_one_line_errors(bort_tiny):
         prepare(bort_tiny, "fp8")
     with pytest.raises(BortError, match="calibration"):
         prepare(bort_tiny, "int8")
+    import importlib.util
+    if importlib.util.find_spec("scipy") is None:  # MXNet's entropy calibration imports scipy deep inside
+        with pytest.raises(BortError, match="entropy needs scipy"):
+            prepare(bort_tiny, "int8", calib_batches=[_batch(np.random.RandomState(0), bort_tiny.config)[:2]],
+                    calib_mode="entropy")
     with pytest.raises(BortError, match="at most 4"):
         predict_bucketed(lambda *a: a[0], [[1] * 5], batch_size=2, pad_id=1, max_length=4)
 
@@ -322,3 +327,37 @@ def test_ort_peer_matches_the_pytorch_model():
     for mode, out in outs.items():
         tol = 1e-4 if "fp32" in mode else 0.1 * np.abs(ref).max()
         assert np.abs(out[valid] - ref[valid]).max() <= tol, mode
+
+
+# ---------------------------------------------------------------- accuracy script (scripts/benchmark_inference_accuracy.py)
+
+
+@pytest.mark.slow
+def test_accuracy_script_fine_tunes_and_scores_every_mode(tmp_path):
+    """On the bundled SST-2 fixture: fine-tune, predict dev in each mode, write the JSON the README quotes."""
+    import json
+
+    import scripts.benchmark_inference_accuracy as acc
+    from bort.errors import run_cli
+
+    out = tmp_path / "acc.json"
+    run_cli(acc.main)(["--tasks", "SST-2", "--glue_dir", "test_data/glue", "--work_dir", str(tmp_path / "work"),
+                       "--epochs", "3", "--modes", "fp32", "int8", "--calib_size", "64", "--output", str(out)])
+    report = json.loads(out.read_text())
+    (task,) = report["tasks"]
+    assert task["task"] == "SST-2" and task["dev_examples"] == 40 and set(task["modes"]) == {"fp32", "int8"}
+    fp32, int8 = task["modes"]["fp32"], task["modes"]["int8"]
+    assert fp32["accuracy"] >= 0.8  # the fixture's lexical cues are learnable: the model really trained
+    assert fp32["agreement_with_fp32"] == 1.0 and fp32["max_abs_logit_change"] == 0.0
+    assert int8["agreement_with_fp32"] >= 0.9 and 0 < int8["max_abs_logit_change"] < 1.0
+    assert int8["accuracy_change_points"] == pytest.approx(100 * (int8["accuracy"] - fp32["accuracy"]))
+
+
+def test_accuracy_script_names_a_missing_task_folder(tmp_path):
+    import scripts.benchmark_inference_accuracy as acc
+    from bort.errors import BortError
+
+    with pytest.raises(BortError, match=r"RTE: no dev.tsv"):
+        acc.main(["--tasks", "RTE", "--glue_dir", str(tmp_path), "--work_dir", str(tmp_path / "w"),
+                  "--output", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
