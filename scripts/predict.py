@@ -1,7 +1,11 @@
-"""Predict a task's segment with a fine-tuned checkpoint on CPU, in fp32, bf16 or INT8.
+"""Predict a task's segment with a fine-tuned checkpoint on CPU, in INT8 (the default), bf16 or fp32.
 
     python scripts/predict.py --task_name MRPC --model_parameters out/MRPC.params --data_dir glue/MRPC \
-        --segment test --mode int8 --output_dir preds/
+        --segment test --output_dir preds/
+
+INT8 is the fastest mode and the default: on the real SST-2 dev set (872 sentences) it changed dev accuracy by
++0.11 points against fp32 and agreed with fp32 on 99.7 % of the predictions (docs/inference.md,
+scripts/benchmark_inference_accuracy.py). `--mode fp32` gives float32 exactly.
 
 Reads the segment with the task's reader (GLUE .tsv, SuperGLUE .jsonl, RACE), encodes it like fine-tuning,
 runs the encoder in the chosen mode over length buckets, writes the leaderboard file for test segments or
@@ -30,7 +34,8 @@ def get_parser():
     p.add_argument("--model_parameters", required=True, help="a fine-tuned checkpoint of this task (.params)")
     p.add_argument("--data_dir", default=None, help="the task's data folder (default: the task's usual place)")
     p.add_argument("--segment", default="test", help="segment to predict (dev, test, dev_matched, ...)")
-    p.add_argument("--mode", default="fp32", choices=["fp32", "fused", "bf16", "int8"])
+    p.add_argument("--mode", default="int8", choices=["fp32", "fused", "bf16", "int8"],
+                   help="int8 (default): fastest, calibrated on --calib_size sequences; fp32: exact")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--max_len", type=int, default=512, help="maximum sequence length (with special tokens)")
     p.add_argument("--calib_segment", default=None, help="segment whose sentences calibrate INT8 (default: --segment)")
