@@ -3,10 +3,9 @@
 For each task (default: the real SST-2 and RTE files in ../shared/real_data/glue_data) it fine-tunes a small
 Bort-shaped model from scratch with the repository's fine-tuner (`bort.finetune.run`, the code behind
 `finetune_bort.py`), then predicts the dev set in every mode of `bort.inference` through `predict_task` (the path
-`scripts/predict.py` takes). INT8 is calibrated on training sentences (never on dev); `--modes ... int8_entropy` adds entropy calibration
-(needs scipy). Reports per mode: dev
-accuracy, its change against fp32 in points, agreement of the predicted labels with fp32's, and the largest change
-of a task logit.
+`scripts/predict.py` takes). INT8 is calibrated on training sentences (never on dev); `--modes ... int8_entropy`
+adds entropy calibration (needs scipy). Reports per mode: dev accuracy, its change against fp32 in points, agreement
+of the predicted labels with fp32's, and the largest change of a task logit.
 
     python scripts/benchmark_inference_accuracy.py --output docs/benchmarks/inference_accuracy_real.json
 

@@ -329,7 +329,7 @@ def test_ort_peer_matches_the_pytorch_model():
         assert np.abs(out[valid] - ref[valid]).max() <= tol, mode
 
 
-# ---------------------------------------------------------------- accuracy script (scripts/benchmark_inference_accuracy.py)
+# ---------------------------------------------------------------- scripts/benchmark_inference_accuracy.py
 
 
 @pytest.mark.slow
