@@ -306,7 +306,7 @@ def test_ort_peer_matches_the_pytorch_model():
                         "--config_json", config, "--export_dir", tmp], cwd=root, env=env, check=True,
                        capture_output=True)
         code = ("import json, sys, numpy as np, torch; sys.path.insert(0, '.'); "
-                "from scripts.benchmark_inference import hf_bert; "
+                "from scripts.benchmark_inference_workers import hf_bert; "
                 f"_, m = hf_bert({config!r}); "
                 "ids = torch.tensor(np.load(sys.argv[1])); mask = torch.tensor(np.load(sys.argv[2])); "
                 "np.save(sys.argv[3], m(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy())")
