@@ -99,6 +99,10 @@ def _to_int8(net, config, calib_batches, calib_mode):
         raise BortError(f"inference: calib_mode must be naive or entropy, got {calib_mode!r}")
     if not calib_batches:
         raise BortError("inference: int8 needs calibration batches (a few hundred task sentences)")
+    if calib_mode == "entropy":
+        import importlib.util
+        if importlib.util.find_spec("scipy") is None:
+            raise BortError("inference: calib_mode entropy needs scipy (pip install scipy); naive needs nothing")
     columns = [list(col) for col in zip(*(_as_inputs(b, config) for b in calib_batches))]
     shapes = {a.shape for a in columns[0]}
     if len(shapes) != 1:

@@ -1,4 +1,5 @@
-"""CPU inference speed of Bort, BERT-base and RoBERTa-large: our MXNet modes against HF transformers on PyTorch.
+"""CPU inference speed of Bort, BERT-base and RoBERTa-large: our MXNet modes against HF transformers on PyTorch
+and the same HF graph in ONNX Runtime.
 
 Each framework runs in its own worker process (two OpenMP runtimes in one process distort both); the workers
 stay up and take turns, one timing round each, so both see the same machine load; medians over all rounds.
@@ -11,182 +12,36 @@ quiet machine (the table prints the load average before and after).
     python scripts/benchmark_inference.py --models bort --batch_sizes 1 8 --seq_lens 128 --rounds 5
     python scripts/benchmark_inference.py            # the full grid: slow on 2 cores (RoBERTa-large at 512 x 32)
 
+ONNX Runtime peers (benchmark-only dependencies onnxruntime and onnx, requirements-bench.txt): the same-shaped HF
+`BertModel` (random weights, seed 0, as the PyTorch worker's) exported with `torch.onnx.export` in a helper process,
+then `fp32` (the exported graph, all ORT graph optimizations), `opt_fp32` (after ORT's transformer optimizer:
+fused attention, layer norm, GELU), `int8` (`quantize_dynamic` of the exported graph) and `opt_int8`
+(`quantize_dynamic` of the optimized graph). Sessions use intra_op_num_threads = --threads, one inter-op thread.
+
+--omp_wait applies to every peer alike: `passive` sets OMP_WAIT_POLICY=PASSIVE for the OpenMP workers (ours,
+PyTorch) and turns off spinning in ONNX Runtime's thread pool (session.intra_op.allow_spinning=0); `active` leaves
+all three spinning (their defaults). `auto` (default) is passive when the load average exceeds the cores: on a busy
+machine a spinning thread burns the time slice the thread it waits for needs.
+
 Prints a table and writes JSON (--output) with sequences/s, speed-up ratios and GFLOP/s against the measured
-fp32 matrix-multiply peak.
+fp32 matrix-multiply peak, and the goal rows: our fastest accurate mode against the fastest peer, our fp32 against
+ONNX Runtime's optimized fp32.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before any framework is imported)
 
-MODELS = {"bort": "bort_4_8_768_1024", "bert_base": "bert_12_768_12", "roberta_large": "roberta_24_1024_16"}
-OUR_MODES = ("gluon", "fp32", "fused", "bf16", "int8")  # gluon: the plain BortModel (gluon-nlp blocks), fp32
-TORCH_MODES = ("fp32", "bf16", "int8")
-CHECK_BATCH, CHECK_SEQ, NUM_CLASSES = 4, 128, 3
+from scripts.benchmark_inference_workers import (  # noqa: E402
+    MODELS, ORT_MODES, OUR_MODES, TORCH_MODES, log, mxnet_worker, ort_export, ort_worker, torch_worker)
 
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------------------------ workers
-
-
-def random_batch(rng, config, batch_size, seq_len, full=False):
-    import numpy as np
-    ids = rng.randint(5, config.vocab_size, size=(batch_size, seq_len)).astype(np.float32)
-    if full:
-        valid = np.full((batch_size,), seq_len, dtype=np.float32)
-    else:
-        valid = rng.randint(seq_len // 2, seq_len + 1, size=(batch_size,)).astype(np.float32)
-    return ids, valid
-
-
-def agreement(out, ref, valid, head):
-    """max |out - ref| over valid positions, mean token cosine, argmax agreement of `head` on token 0."""
-    import numpy as np
-    mask = np.arange(ref.shape[1])[None, :] < valid[:, None]
-    a, b = out[mask], ref[mask]
-    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
-    agree = (out[:, 0] @ head).argmax(-1) == (ref[:, 0] @ head).argmax(-1)
-    return {"max_abs_diff": float(np.abs(a - b).max()), "mean_cosine": float(cos.mean()),
-            "argmax_agreement": float(agree.mean()), "ref_max_abs": float(np.abs(b).max())}
-
-
-def mxnet_worker(args):
-    import mxnet as mx
-    import numpy as np
-    from bort.inference import prepare
-    from bort.model import build_model, get_config
-
-    config = get_config(MODELS[args.model], dropout=0.0)
-    mx.random.seed(0)
-    rng = np.random.RandomState(0)
-    model = build_model(config, use_decoder=False)
-    calib = [random_batch(rng, config, args.calib_batch, args.calib_seq) for _ in range(args.calib_batches)]
-    check = random_batch(rng, config, CHECK_BATCH, CHECK_SEQ)
-    head = rng.normal(size=(config.units, NUM_CLASSES)).astype(np.float32)
-    ref = model(mx.nd.array(check[0]), mx.nd.array(check[1])).asnumpy()
-    nets, checks = {}, {}
-    for mode in args.modes:
-        start = time.time()
-        if mode == "gluon":
-            model.hybridize(static_alloc=True, static_shape=True)
-            nets[mode] = lambda ids, valid, m=model: m(ids, valid)
-        else:
-            nets[mode] = prepare(model, mode, calib_batches=calib, calib_mode=args.calib_mode)
-        out = nets[mode](mx.nd.array(check[0]), mx.nd.array(check[1])).astype("float32").asnumpy()
-        checks[mode] = agreement(out, ref, check[1], head)
-        log(f"[mxnet {args.model}] {mode} ready in {time.time() - start:.1f}s: {checks[mode]}")
-    peak = matmul_peak_mxnet(mx)
-
-    def time_modes(batch_size, seq_len, repeats):
-        ids, valid = (mx.nd.array(a) for a in random_batch(rng, config, batch_size, seq_len, full=True))
-        for net in nets.values():  # warm-up / trace this shape
-            net(ids, valid).wait_to_read()
-        times = {m: [] for m in nets}
-        for _ in range(repeats):
-            for mode, net in nets.items():
-                start = time.perf_counter()
-                net(ids, valid).wait_to_read()
-                times[mode].append(time.perf_counter() - start)
-        return times
-
-    serve(time_modes, checks, peak)
-
-
-def matmul_peak_mxnet(mx):
-    n = 2048
-    x, w = mx.nd.random.uniform(shape=(n, n)), mx.nd.random.uniform(shape=(n, n))
-    best = float("inf")
-    for _ in range(6):
-        start = time.perf_counter()
-        mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n).wait_to_read()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best / 1e9
-
-
-def torch_worker(args):
-    import types
-
-    import numpy as np
-    import torch
-    from transformers import BertConfig, BertModel
-
-    # No bort.model here: it imports MXNet, and a second OpenMP runtime in this process slows PyTorch badly.
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    config = types.SimpleNamespace(**json.loads(args.config_json))
-    if "mxnet" in sys.modules:
-        raise RuntimeError("the PyTorch worker must not load MXNet (two OpenMP runtimes)")
-    hf = BertConfig(vocab_size=config.vocab_size, hidden_size=config.units, num_hidden_layers=config.num_layers,
-                    num_attention_heads=config.num_heads, intermediate_size=config.hidden_size,
-                    max_position_embeddings=config.max_length + 2, type_vocab_size=max(1, config.token_type_vocab_size),
-                    layer_norm_eps=config.layer_norm_eps, hidden_act="gelu")
-    torch.manual_seed(0)
-    rng = np.random.RandomState(0)
-    base = BertModel(hf, add_pooling_layer=False).eval()
-    models = {"fp32": base}  # the reference, timed only when asked for
-    for mode in args.modes:
-        if mode == "int8":
-            import copy
-            models[mode] = torch.ao.quantization.quantize_dynamic(copy.deepcopy(base), {torch.nn.Linear},
-                                                                  dtype=torch.qint8)
-        else:
-            models[mode] = base
-
-    def run(mode, ids, mask):
-        with torch.inference_mode():
-            if mode == "bf16":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return models[mode](input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            return models[mode](input_ids=ids, attention_mask=mask).last_hidden_state
-
-    def inputs(ids, valid):
-        mask = torch.from_numpy((np.arange(ids.shape[1])[None, :] < valid[:, None]).astype(np.int64))
-        return torch.from_numpy(ids.astype(np.int64)), mask
-
-    ids, valid = random_batch(rng, config, CHECK_BATCH, CHECK_SEQ)
-    head = rng.normal(size=(config.units, NUM_CLASSES)).astype(np.float32)
-    ref = run("fp32", *inputs(ids, valid)).numpy()
-    checks = {m: agreement(run(m, *inputs(ids, valid)).numpy(), ref, valid, head) for m in args.modes}
-    log(f"[torch {args.model}] ready: {checks}")
-    n = 2048
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    best = float("inf")
-    for _ in range(6):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-
-    def time_modes(batch_size, seq_len, repeats):
-        batch = inputs(*random_batch(rng, config, batch_size, seq_len, full=True))
-        for mode in args.modes:
-            run(mode, *batch)
-        times = {m: [] for m in args.modes}
-        for _ in range(repeats):
-            for mode in args.modes:
-                start = time.perf_counter()
-                run(mode, *batch)
-                times[mode].append(time.perf_counter() - start)
-        return times
-
-    serve(time_modes, checks, 2 * n ** 3 / best / 1e9)
-
-
-def serve(time_modes, checks, peak):
-    """Worker loop: announce readiness, then answer one timing request per stdin line."""
-    print(json.dumps({"ready": True, "checks": checks, "matmul_peak_gflops": peak}), flush=True)
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("quit"):
-            break
-        times = time_modes(request["batch"], request["seq"], request["repeats"])
-        print(json.dumps({"times": times}), flush=True)
+# the peers the goal rows compare against: (framework, mode)
+GOAL_PEERS = (("torch", "int8"), ("ort", "int8"), ("ort", "opt_int8"), ("ort", "opt_fp32"))
+ACCURATE_COSINE = 0.999  # a mode counts as accurate when its hidden states keep this mean cosine to fp32
 
 
 # ------------------------------------------------------------------------------------------------ orchestrator
@@ -199,10 +54,12 @@ class Worker:
         config = json.dumps(get_config(MODELS[model]).to_dict())
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model,
                "--config_json", config,
-               "--modes", *modes, "--calib_batch", str(args.calib_batch), "--calib_seq", str(args.calib_seq),
+               "--worker_modes", *modes, "--calib_batch", str(args.calib_batch), "--calib_seq", str(args.calib_seq),
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
         self.framework = framework
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
+        if args.omp_wait == "passive":  # every peer alike: OpenMP (ours, PyTorch) sleeps, ORT's pool does not spin
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         if framework == "mxnet":
             from bort.runtime import ENGINES
             env["MXNET_ENGINE_TYPE"] = ENGINES[args.engine]
@@ -227,9 +84,20 @@ class Worker:
             self.proc.wait(timeout=60)
 
 
-def torch_available():
+def available(*modules):
     import importlib.util
-    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return "unknown"
 
 
 def median(values):
@@ -243,11 +111,14 @@ def run_benchmark(args):
     from bort.model import get_config
 
     frameworks = [("mxnet", args.modes)]
-    torch_modes = [m for m in args.torch_modes if m in TORCH_MODES]
-    if torch_modes and torch_available():
-        frameworks.append(("torch", torch_modes))
-    elif torch_modes:
+    if args.torch_modes and available("torch", "transformers"):
+        frameworks.append(("torch", args.torch_modes))
+    elif args.torch_modes:
         log("torch/transformers not installed: PyTorch peers skipped")
+    if args.ort_modes and available("torch", "transformers", "onnx", "onnxruntime"):
+        frameworks.append(("ort", args.ort_modes))
+    elif args.ort_modes:
+        log("onnxruntime/onnx (requirements-bench.txt) or torch/transformers not installed: ONNX Runtime peers skipped")
     load_before = os.getloadavg()
     results, checks, peaks = [], {}, {}
     for model in args.models:
@@ -257,7 +128,8 @@ def run_benchmark(args):
                 log(f"starting {framework} worker for {model} ({', '.join(modes)})")
                 workers.append(Worker(framework, model, modes, args))
                 checks.setdefault(model, {})[framework] = workers[-1].info["checks"]
-                peaks[framework] = workers[-1].info["matmul_peak_gflops"]
+                if workers[-1].info["matmul_peak_gflops"]:
+                    peaks[framework] = workers[-1].info["matmul_peak_gflops"]
             config = get_config(MODELS[model])
             for batch in args.batch_sizes:
                 for seq in args.seq_lens:
@@ -275,21 +147,22 @@ def run_benchmark(args):
                                         "round_medians_s": rounds[(framework, mode)],
                                         "seqs_per_s": batch / sec, "gflops_per_s": flops / sec / 1e9,
                                         "fraction_of_fp32_peak": flops / sec / 1e9 / peaks["mxnet"]})
-                        log(f"{model:14s} b{batch:<3d} L{seq:<4d} {framework:6s} {mode:6s} {sec:8.4f}s")
+                        log(f"{model:14s} b{batch:<3d} L{seq:<4d} {framework:6s} {mode:8s} {sec:8.4f}s")
         finally:
             for w in workers:
                 w.close()
     return {"grid": {"models": args.models, "batch_sizes": args.batch_sizes, "seq_lens": args.seq_lens,
                      "rounds": args.rounds, "repeats": args.repeats},
             "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "mxnet_engine": args.engine,
+            "omp_wait": args.omp_wait, "cpu": cpu_model(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks, "checks": checks,
-            "results": results, "ratios": ratios(results)}
+            "results": results, "ratios": ratios(results), "goals": goals(results, checks)}
 
 
 def ratios(results):
     by = {(r["model"], r["framework"], r["mode"], r["batch"], r["seq"]): r["median_s"] for r in results}
-    out = {"bort_vs_bert_base": [], "bort_vs_roberta_large": [], "ours_vs_torch": []}
+    out = {"bort_vs_bert_base": [], "bort_vs_roberta_large": [], "ours_vs_peers": []}
     for (model, fw, mode, b, s), sec in by.items():
         if model != "bort":
             continue
@@ -301,25 +174,62 @@ def ratios(results):
     for (model, fw, mode, b, s), sec in by.items():
         if fw != "mxnet":
             continue
-        for tmode in TORCH_MODES:
-            key = (model, "torch", tmode, b, s)
-            if key in by:
-                # paired: the two frameworks take turns, so each round's ratio sees one machine load
-                paired = median([t / o for t, o in zip(per_round[key], per_round[(model, fw, mode, b, s)])])
-                out["ours_vs_torch"].append({"model": model, "ours": mode, "torch": tmode, "batch": b, "seq": s,
-                                             "speedup": by[key] / sec, "paired_speedup": paired})
+        for peer_fw, peer_modes in (("torch", TORCH_MODES), ("ort", ORT_MODES)):
+            for pmode in peer_modes:
+                key = (model, peer_fw, pmode, b, s)
+                if key in by:
+                    out["ours_vs_peers"].append({"model": model, "ours": mode, "peer": f"{peer_fw}:{pmode}",
+                                                 "batch": b, "seq": s, "speedup": by[key] / sec,
+                                                 "paired_speedup": paired(per_round[key],
+                                                                          per_round[(model, fw, mode, b, s)])})
     return out
 
 
+def paired(peer_rounds, our_rounds):
+    """Median of the per-round ratios: the frameworks take turns, so each round's ratio sees one machine load."""
+    return median([p / o for p, o in zip(peer_rounds, our_rounds)])
+
+
+def goals(results, checks):
+    """The issue's goal rows per (model, batch, seq): our fastest accurate mode against the fastest peer among
+    GOAL_PEERS (target >= 1.3), our fp32 against ONNX Runtime's optimized fp32 (target >= 1.0)."""
+    rows = []
+    by = {(r["model"], r["framework"], r["mode"], r["batch"], r["seq"]): r for r in results}
+    for model, b, s in sorted({(r["model"], r["batch"], r["seq"]) for r in results}):
+        ours = {mode: r for (m, fw, mode, bb, ss), r in by.items() if (m, fw, bb, ss) == (model, "mxnet", b, s)}
+        accurate = {mode: r for mode, r in ours.items()
+                    if checks.get(model, {}).get("mxnet", {}).get(mode, {}).get("mean_cosine", 0) >= ACCURATE_COSINE}
+        peers = {f"{fw}:{mode}": by[(model, fw, mode, b, s)] for fw, mode in GOAL_PEERS
+                 if (model, fw, mode, b, s) in by}
+        if accurate and peers:
+            best_mode = min(accurate, key=lambda m: accurate[m]["median_s"])
+            best_peer = min(peers, key=lambda p: peers[p]["median_s"])
+            mine, theirs = accurate[best_mode], peers[best_peer]
+            rows.append({"model": model, "batch": b, "seq": s, "goal": "fastest accurate >= 1.3x fastest peer",
+                         "ours": best_mode, "peer": best_peer, "speedup": theirs["median_s"] / mine["median_s"],
+                         "paired_speedup": paired(theirs["round_medians_s"], mine["round_medians_s"]),
+                         "target": 1.3})
+        if "fp32" in ours and (model, "ort", "opt_fp32", b, s) in by:
+            mine, theirs = ours["fp32"], by[(model, "ort", "opt_fp32", b, s)]
+            rows.append({"model": model, "batch": b, "seq": s, "goal": "our fp32 >= ORT optimized fp32",
+                         "ours": "fp32", "peer": "ort:opt_fp32", "speedup": theirs["median_s"] / mine["median_s"],
+                         "paired_speedup": paired(theirs["round_medians_s"], mine["round_medians_s"]),
+                         "target": 1.0})
+    for row in rows:
+        row["met"] = row["speedup"] >= row["target"]
+    return rows
+
+
 def print_table(report):
-    print(f"threads={report['threads']} mxnet engine={report.get('mxnet_engine')} "
+    print(f"cpu={report.get('cpu')} threads={report['threads']} mxnet engine={report.get('mxnet_engine')} "
+          f"omp_wait={report.get('omp_wait')} "
           f"load(1,5,15 min) before={report['load_average_before']} "
           f"after={tuple(round(x, 2) for x in report['load_average_after'])} "
           f"fp32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()))
-    print(f"{'model':14s} {'batch':>5s} {'seq':>4s} {'framework':9s} {'mode':6s} {'median s':>9s} "
+    print(f"{'model':14s} {'batch':>5s} {'seq':>4s} {'framework':9s} {'mode':8s} {'median s':>9s} "
           f"{'seq/s':>8s} {'GFLOP/s':>8s} {'%peak':>6s}")
     for r in report["results"]:
-        print(f"{r['model']:14s} {r['batch']:5d} {r['seq']:4d} {r['framework']:9s} {r['mode']:6s} "
+        print(f"{r['model']:14s} {r['batch']:5d} {r['seq']:4d} {r['framework']:9s} {r['mode']:8s} "
               f"{r['median_s']:9.4f} {r['seqs_per_s']:8.1f} {r['gflops_per_s']:8.1f} "
               f"{100 * r['fraction_of_fp32_peak']:5.0f}%")
     for key, rows in report["ratios"].items():
@@ -327,6 +237,12 @@ def print_table(report):
             print(f"\n{key}:")
             for row in rows:
                 print("  " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    if report.get("goals"):
+        print("\ngoals (speedup = peer time / ours; paired = median of per-round ratios):")
+        for g in report["goals"]:
+            print(f"  {g['model']:6s} b{g['batch']:<3d} L{g['seq']:<4d} {g['goal']:40s} ours={g['ours']:6s} "
+                  f"peer={g['peer']:13s} {g['speedup']:5.2f} (paired {g['paired_speedup']:5.2f}) "
+                  f"target {g['target']:.1f} {'met' if g['met'] else 'NOT met'}")
     print("\naccuracy vs fp32 (random check batch):")
     for model, per_fw in report["checks"].items():
         for fw, per_mode in per_fw.items():
@@ -343,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", default=list(OUR_MODES), choices=OUR_MODES, help="our MXNet modes")
     parser.add_argument("--torch_modes", nargs="*", default=list(TORCH_MODES), choices=TORCH_MODES,
                         help="PyTorch peers (none: skip PyTorch)")
+    parser.add_argument("--ort_modes", nargs="*", default=["opt_fp32", "int8", "opt_int8"], choices=ORT_MODES,
+                        help="ONNX Runtime peers (none: skip ONNX Runtime); fp32 is the unoptimized export")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per framework and shape")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per mode in each round")
     parser.add_argument("--calib_batch", type=int, default=8)
@@ -354,14 +272,24 @@ def main(argv=None):
     parser.add_argument("--engine", default="naive", choices=("naive", "threaded"),
                         help="MXNet engine of our worker (bort.runtime.configure_inference_engine): naive runs "
                              "operators on the calling thread, the inference setting; threaded is MXNet's default")
+    parser.add_argument("--omp_wait", default="auto", choices=("auto", "active", "passive"),
+                        help="OpenMP wait policy of the MXNet and PyTorch workers (bort.runtime.configure_omp_wait): "
+                             "auto is passive when the load average exceeds the cores at the start")
     parser.add_argument("--output", default="benchmark_inference.json")
-    parser.add_argument("--worker", choices=("mxnet", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("mxnet", "torch", "ort", "ort_export"), help=argparse.SUPPRESS)
+    parser.add_argument("--export_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_modes", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--config_json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        return mxnet_worker(args) if args.worker == "mxnet" else torch_worker(args)
+        workers = {"mxnet": mxnet_worker, "torch": torch_worker, "ort": ort_worker, "ort_export": ort_export}
+        args.modes = args.worker_modes
+        return workers[args.worker](args)
     from bort.io import write_json
+    from bort.runtime import busy_machine
+    if args.omp_wait == "auto":
+        args.omp_wait = "passive" if busy_machine(args.threads) else "active"
     report = run_benchmark(args)
     print_table(report)
     write_json(args.output, report)

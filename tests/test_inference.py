@@ -102,6 +102,11 @@ def test_bad_requests_are_one_line_errors(bort_tiny):
         prepare(bort_tiny, "fp8")
     with pytest.raises(BortError, match="calibration"):
         prepare(bort_tiny, "int8")
+    import importlib.util
+    if importlib.util.find_spec("scipy") is None:  # MXNet's entropy calibration imports scipy deep inside
+        with pytest.raises(BortError, match="entropy needs scipy"):
+            prepare(bort_tiny, "int8", calib_batches=[_batch(np.random.RandomState(0), bort_tiny.config)[:2]],
+                    calib_mode="entropy")
     with pytest.raises(BortError, match="at most 4"):
         predict_bucketed(lambda *a: a[0], [[1] * 5], batch_size=2, pad_id=1, max_length=4)
 
@@ -222,3 +227,137 @@ def test_predict_script_on_the_naive_engine_matches_the_threaded_one(tmp_path):
         assert f"MXNet engine {expected}" in proc.stderr
         rows[engine] = [json.loads(line) for line in (out / "SST-2.dev.predictions.jsonl").read_text().splitlines()]
     assert rows["naive"] == rows["threaded"] and len(rows["naive"]) == len(examples)
+
+
+# ---------------------------------------------------------------- OpenMP wait policy (bort.runtime)
+
+
+def _wait_policy_in_child(policy, env_extra=None, load=None):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(env_extra or {})
+    fake_load = f"os.getloadavg = lambda: ({load}, 0.0, 0.0); " if load is not None else ""
+    code = ("import os, sys; " + fake_load + "import bort.runtime as r; "
+            f"got = r.configure_omp_wait({policy!r}); "
+            "print(got, os.environ.get('OMP_WAIT_POLICY'), 'mxnet' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_omp_wait_policy_follows_the_request_and_the_load():
+    assert _wait_policy_in_child("passive") == ["passive", "PASSIVE", "False"]
+    assert _wait_policy_in_child("active") == ["active", "None", "False"]
+    assert _wait_policy_in_child("auto", load=1000.0) == ["passive", "PASSIVE", "False"]  # busy: sleep at once
+    assert _wait_policy_in_child("auto", load=0.0) == ["active", "None", "False"]  # free cores: spin
+    # the user's own setting wins
+    assert _wait_policy_in_child("passive", {"OMP_WAIT_POLICY": "ACTIVE"}) == ["active", "ACTIVE", "False"]
+    with pytest.raises(Exception):
+        _wait_policy_in_child("sometimes")
+
+
+# ---------------------------------------------------------------- benchmark goal rows (scripts/benchmark_inference.py)
+
+
+def _row(fw, mode, sec, rounds=None):
+    return {"model": "bort", "framework": fw, "mode": mode, "batch": 1, "seq": 128, "median_s": sec,
+            "round_medians_s": rounds or [sec, sec]}
+
+
+def test_goal_rows_pick_the_fastest_accurate_mode_and_the_fastest_peer():
+    from scripts.benchmark_inference import goals
+
+    results = [_row("mxnet", "fp32", 0.030), _row("mxnet", "int8", 0.008, [0.008, 0.010]),
+               _row("mxnet", "bf16", 0.005),  # fastest, but inaccurate below: must not count
+               _row("torch", "int8", 0.012), _row("torch", "fp32", 0.050),  # torch fp32 is no goal peer
+               _row("ort", "int8", 0.011, [0.011, 0.020]), _row("ort", "opt_fp32", 0.027)]
+    checks = {"bort": {"mxnet": {"fp32": {"mean_cosine": 1.0}, "int8": {"mean_cosine": 0.9999},
+                                 "bf16": {"mean_cosine": 0.99}}}}
+    rows = goals(results, checks)
+    fastest, fp32 = rows
+    assert (fastest["ours"], fastest["peer"]) == ("int8", "ort:int8")
+    assert fastest["speedup"] == pytest.approx(0.011 / 0.008) and fastest["met"] is True
+    assert fastest["paired_speedup"] == pytest.approx((0.011 / 0.008 + 2.0) / 2)
+    assert (fp32["ours"], fp32["peer"]) == ("fp32", "ort:opt_fp32")
+    assert fp32["speedup"] == pytest.approx(0.9) and fp32["met"] is False
+
+
+@pytest.mark.slow
+def test_ort_peer_matches_the_pytorch_model():
+    """The ONNX export the benchmark times computes what the HF PyTorch model computes (tiny config)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("transformers")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = json.dumps(get_config("bort_tiny").to_dict())
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        subprocess.run([sys.executable, "scripts/benchmark_inference.py", "--worker", "ort_export", "--model", "bort",
+                        "--config_json", config, "--export_dir", tmp], cwd=root, env=env, check=True,
+                       capture_output=True)
+        code = ("import json, sys, numpy as np, torch; sys.path.insert(0, '.'); "
+                "from scripts.benchmark_inference_workers import hf_bert; "
+                f"_, m = hf_bert({config!r}); "
+                "ids = torch.tensor(np.load(sys.argv[1])); mask = torch.tensor(np.load(sys.argv[2])); "
+                "np.save(sys.argv[3], m(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy())")
+        rng = np.random.RandomState(0)
+        ids = rng.randint(5, 1000, size=(2, 12)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[1, 7:] = 0
+        np.save(os.path.join(tmp, "ids.npy"), ids)
+        np.save(os.path.join(tmp, "mask.npy"), mask)
+        subprocess.run([sys.executable, "-c", code, os.path.join(tmp, "ids.npy"), os.path.join(tmp, "mask.npy"),
+                        os.path.join(tmp, "ref.npy")], cwd=root, env=env, check=True, capture_output=True)
+        ref = np.load(os.path.join(tmp, "ref.npy"))
+        outs = {}
+        for mode in ("fp32", "opt_fp32", "int8", "opt_int8"):
+            session = ort.InferenceSession(os.path.join(tmp, f"{mode}.onnx"), providers=["CPUExecutionProvider"])
+            outs[mode] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    valid = mask.astype(bool)
+    for mode, out in outs.items():
+        tol = 1e-4 if "fp32" in mode else 0.1 * np.abs(ref).max()
+        assert np.abs(out[valid] - ref[valid]).max() <= tol, mode
+
+
+# ---------------------------------------------------------------- scripts/benchmark_inference_accuracy.py
+
+
+@pytest.mark.slow
+def test_accuracy_script_fine_tunes_and_scores_every_mode(tmp_path):
+    """On the bundled SST-2 fixture: fine-tune, predict dev in each mode, write the JSON the README quotes."""
+    import json
+
+    import scripts.benchmark_inference_accuracy as acc
+    from bort.errors import run_cli
+
+    out = tmp_path / "acc.json"
+    run_cli(acc.main)(["--tasks", "SST-2", "--glue_dir", "test_data/glue", "--work_dir", str(tmp_path / "work"),
+                       "--epochs", "3", "--modes", "fp32", "int8", "--calib_size", "64", "--output", str(out)])
+    report = json.loads(out.read_text())
+    (task,) = report["tasks"]
+    assert task["task"] == "SST-2" and task["dev_examples"] == 40 and set(task["modes"]) == {"fp32", "int8"}
+    fp32, int8 = task["modes"]["fp32"], task["modes"]["int8"]
+    assert fp32["accuracy"] >= 0.8  # the fixture's lexical cues are learnable: the model really trained
+    assert fp32["agreement_with_fp32"] == 1.0 and fp32["max_abs_logit_change"] == 0.0
+    assert int8["agreement_with_fp32"] >= 0.9 and 0 < int8["max_abs_logit_change"] < 1.0
+    assert int8["accuracy_change_points"] == pytest.approx(100 * (int8["accuracy"] - fp32["accuracy"]))
+
+
+def test_accuracy_script_names_a_missing_task_folder(tmp_path):
+    import scripts.benchmark_inference_accuracy as acc
+    from bort.errors import BortError
+
+    with pytest.raises(BortError, match=r"RTE: no dev.tsv"):
+        acc.main(["--tasks", "RTE", "--glue_dir", str(tmp_path), "--work_dir", str(tmp_path / "w"),
+                  "--output", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
