@@ -365,7 +365,8 @@ def run_case(case, timeout):
     else:
         outcome = "traceback"  # a non-zero exit without our one line
     return {"class": case.cls, "name": case.name, "reader": case.reader, "outcome": outcome, "exit": rc,
-            "error": lines[-1] if lines else stderr.strip().splitlines()[-1:] or "", "seconds": round(time.time() - start, 1)}
+            "error": lines[-1] if lines else (stderr.strip().splitlines() or [""])[-1],
+            "seconds": round(time.time() - start, 1)}
 
 
 def _descendants(pid):
@@ -451,8 +452,7 @@ def main(argv=None):
             continue
         results.append(run_case(case, args.timeout))
         r = results[-1]
-        print(f"{r['outcome']:18} {r['class']:18} {r['name']}: {r['error'] if isinstance(r['error'], str) else ''}"
-              [:200], flush=True)
+        print(f"{r['outcome']:18} {r['class']:18} {r['name']}: {r['error']}"[:200], flush=True)
     trials = [shutdown_trials(work, args.trials, sig) for sig in (signal.SIGTERM, signal.SIGKILL)] \
         if args.trials else []
     table = collections.OrderedDict()

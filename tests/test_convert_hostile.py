@@ -143,7 +143,8 @@ def _sharded(hf_dir, dest, weight_map_of):
 
 
 def test_index_that_is_not_an_object_or_points_outside(hf_dir, tmp_path):
-    good = _sharded(hf_dir, tmp_path / "good", lambda names: {"weight_map": dict.fromkeys(names, "model-1.safetensors")})
+    good = _sharded(hf_dir, tmp_path / "good",
+                    lambda names: {"weight_map": dict.fromkeys(names, "model-1.safetensors")})
     assert convert.hf_to_gluon(good)[0].num_layers == 2
     for name, index in {"list": lambda names: ["model-1.safetensors"],
                         "no_map": lambda names: {"weight_map": []},
