@@ -71,6 +71,7 @@ def caches(tmp_path_factory, shards, teacher_path, vocab_size):
         summary = build_cache(shards, out[k], teacher_path, topk=k, temperature=T, batch_size=16, cpu_only=True,
                               progress=False)
         assert summary["written"] == 2 and summary["positions"] > 0
+        assert (summary["mean_rest_mass"] == 0) == (k == vocab_size)
     return out
 
 
