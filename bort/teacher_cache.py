@@ -286,7 +286,8 @@ def topk_rows(logits, k, temperature):
 
 def cache_shard(teacher, shard_path, out_path, k, temperature, batch_size=32, ctx=None, dtype="float32",
                 teacher_info=None, allow_legacy_pickle=False):
-    """Run `teacher` over every masked position of one shard and write its cache; returns (positions, bytes)."""
+    """Run `teacher` over every masked position of one shard and write its cache; returns (positions, bytes, sum
+    of the rest masses)."""
     from data.pretraining import batchify, load_shard  # noqa: PLC0415  (data/ imports bort, not the reverse)
 
     ctx = ctx or mx.cpu()
@@ -323,7 +324,7 @@ def cache_shard(teacher, shard_path, out_path, k, temperature, batch_size=32, ct
                 vocab_size=int(vocab), shard=os.path.basename(shard_path), shard_sha256=shard_fingerprint(shard),
                 num_instances=len(shard), num_positions=num_positions, ids_dtype=np.dtype(ids.dtype).name)
     write_cache(out_path, meta, ids, logits, log_norm, rest)
-    return num_positions, os.path.getsize(out_path)
+    return num_positions, os.path.getsize(out_path), float(rest.astype(np.float64).sum())
 
 
 def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="roberta_24_1024_16",
@@ -365,7 +366,7 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
         from tqdm import tqdm  # noqa: PLC0415
 
         bar = tqdm(total=len(mine), desc="teacher cache", unit="shard", dynamic_ncols=True)
-    written = skipped = positions = size = 0
+    written = skipped = positions = size = rest_sum = 0
     start = time.time()
     for path in mine:
         out_path = cache_path(path, cache_dir)
@@ -381,9 +382,9 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
             except BortError as err:
                 log.info("re-caching: %s", err)
         t0 = time.time()
-        n, nbytes = cache_shard(teacher, path, out_path, topk, temperature, batch_size, ctx, dtype, info,
-                                allow_legacy_pickle)
-        written, positions, size = written + 1, positions + n, size + nbytes
+        n, nbytes, rest = cache_shard(teacher, path, out_path, topk, temperature, batch_size, ctx, dtype, info,
+                                      allow_legacy_pickle)
+        written, positions, size, rest_sum = written + 1, positions + n, size + nbytes, rest_sum + rest
         log.info("rank %d: %s: %d masked positions in %.1f s (%.0f/s), %.1f MB", dist.rank, out_path, n,
                  time.time() - t0, n / max(time.time() - t0, 1e-9), nbytes / 1e6)
         if bar:
@@ -391,7 +392,10 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
             bar.set_postfix(positions_per_s=f"{positions / max(time.time() - start, 1e-9):.0f}")
     if bar:
         bar.close()
-    totals = dist.allreduce_sum([written, skipped, positions, size])
+    totals = dist.allreduce_sum([written, skipped, positions, size, rest_sum])
+    # The teacher's mean probability outside the top-k (of the shards written): what the cached KD term cannot
+    # distribute token by token (docs/teacher_cache.md). Large values call for a larger k.
     return {"shards": len(paths), "written": int(totals[0]), "skipped": int(totals[1]),
             "positions": int(totals[2]), "bytes": int(totals[3]), "seconds": time.time() - start,
+            "mean_rest_mass": totals[4] / max(totals[2], 1),
             "k": int(topk), "temperature": float(temperature), "cache_dir": cache_dir}

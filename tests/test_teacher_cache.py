@@ -71,6 +71,7 @@ def caches(tmp_path_factory, shards, teacher_path, vocab_size):
         summary = build_cache(shards, out[k], teacher_path, topk=k, temperature=T, batch_size=16, cpu_only=True,
                               progress=False)
         assert summary["written"] == 2 and summary["positions"] > 0
+        assert (summary["mean_rest_mass"] == 0) == (k == vocab_size)
     return out
 
 
@@ -373,7 +374,8 @@ def test_horovod_ranks_cache_their_shards_and_train_from_them(shards, caches, te
     proc = _horovodrun(hvd + [os.path.join(ROOT, "scripts/cache_teacher.py"), "--data", shards, "--cache_dir",
                               str(cache_dir), "--teacher_ckpt_dir", teacher_path, "--topk", "16",
                               "--distillation_temperature", str(T), "--cpu_only", "--no_progress"], env, cache_dir)
-    summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    # horovodrun prefixes each line with the rank ("[1,0]<stdout>:").
+    summary = json.loads([line[line.index('{"'):] for line in proc.stdout.splitlines() if '{"' in line][-1])
     assert summary["written"] == 2 and summary["shards"] == 2
     assert "rank 0: " in proc.stdout + proc.stderr and "rank 1: " in proc.stdout + proc.stderr
     for name in ("part-000.npz.topk", "part-001.npz.topk"):
