@@ -43,6 +43,10 @@ class ModelConfig:
     pad_id: int = 1
 
     def __post_init__(self):
+        for name in ("num_layers", "units", "hidden_size", "num_heads", "vocab_size", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BortError(f"config: {name} must be a positive integer, got {value!r}")
         if self.units % self.num_heads:
             raise BortError(f"config: units={self.units} is not divisible by num_heads={self.num_heads}")
         if not self.embed_size:

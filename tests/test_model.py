@@ -10,7 +10,8 @@ import bort  # noqa: F401
 import mxnet as mx
 
 from bort.checkpoint import load_parameters, read_params_file
-from bort.model import CONFIGS, build_model, get_config, parameter_shapes, parameter_summary
+from bort.errors import BortError
+from bort.model import CONFIGS, ModelConfig, build_model, get_config, parameter_shapes, parameter_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BORT_PARAMS = os.path.join(REPO, "model", "bort.params")
@@ -227,3 +228,11 @@ def test_golden_values_from_released_bort_params():
     hidden = hidden[0] if isinstance(hidden, (list, tuple)) else hidden
     assert hidden.shape == (1, 15, 1024)
     np.testing.assert_allclose(hidden.asnumpy()[0, :3, :3], GOLDEN_SLICE, atol=1e-4)
+
+
+@pytest.mark.parametrize("field,value", [("num_heads", 0), ("units", "1024"), ("num_layers", -1), ("vocab_size", 2.5)])
+def test_impossible_config_values_are_one_line_errors(field, value):
+    """A config JSON with zero heads used to raise ZeroDivisionError; sizes as strings a TypeError deep inside."""
+    values = dict(get_config("bort_tiny").to_dict(), **{field: value})
+    with pytest.raises(BortError, match=f"{field} must be a positive integer"):
+        ModelConfig.from_dict(values, "x.json")
