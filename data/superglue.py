@@ -11,6 +11,12 @@ when the file has none), `where` ("file:line") and the task's fields:
   strings, as the original), answers (gold strings).
 - WiC: text_a/text_b=sentence1/sentence2, spans=[(start1, end1) in text_a, (start2, end2) in text_b] (characters).
 - WSC: text_a=text, text_b="<span2> means <span1>" (the original's hint), spans=[span1, span2] in text_a (chars).
+
+Quirks of the released files handled (tests/test_superglue_quirks.py): key order varying between splits, AX-b
+`idx` as a string, WSC span texts that do not match the words at their index (see word_span), ReCoRD entity ends
+inclusive, MultiRC question/answer idx counted across the whole file (kept as given), AX-g minimal pairs on
+consecutive lines with their own pair_id each, a leading BOM, no final newline. Every field is type-checked where
+it is read: a wrong type or a missing key is a one-line error naming file:line and the field.
 """
 import json
 import re
