@@ -54,7 +54,7 @@ def shards(tmp_path_factory):
 
 
 def pretrain_argv(shards, *extra):
-    return [sys.executable, SCRIPT, "--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny",
+    return [sys.executable, SCRIPT, "--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
             "--num_steps", "6", "--batch_size", "4", "--num_buckets", "2", "--dtype", "float16", "--cpu_only",
             "--optimizer", "adam", "--log_interval", "1", "--ckpt_interval", "4", "--eval_interval", "0",
             "--lr", "1e-3", "--ckpt_dir", "ck", "--summary_json", "summary{rank}.json", "--no_progress", *extra]
