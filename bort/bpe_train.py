@@ -12,14 +12,13 @@ without extra packages; `sentence_seq_length` picks a TEST sequence length that 
 """
 import argparse
 import collections
-import hashlib
 import json
 import logging
 import os
 import shutil
 
 from .errors import BortError, run_cli
-from .io import atomic_write
+from .io import atomic_write, file_sha256  # noqa: F401  (file_sha256: re-exported for the tests)
 from .tokenizer import GPT2_PATTERN, ROBERTA_SPECIALS, _regex, bytes_to_unicode
 
 log = logging.getLogger(__name__)
@@ -92,11 +91,6 @@ def write_vocab(output_dir, merges, source_sha256=None):
         with atomic_write(os.path.join(output_dir, SOURCE_FILE)) as out:
             out.write(source_sha256 + "\n")
     return len(vocab)
-
-
-def file_sha256(path):
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def ensure_vocab(text_path, output_dir, bundled=None, vocab_size=1005):

@@ -4,14 +4,13 @@
 read with the config the caller names. Files are MXNet's NDArray format (`mx.nd.save`), which is not
 pickle. Training state (optimizer, step, data position, RNG) goes in `<name>.states` and `<name>.state.json`.
 """
-import hashlib
 import os
 
 import bort  # noqa: F401
 import mxnet as mx
 
 from .errors import BortError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, file_sha256, read_json, write_json
 from .model import ModelConfig, build_model, get_config
 from .validation import check_config_fits_file, validate_training_state
 
@@ -192,14 +191,6 @@ def _parts_arrays(fresh, layout, path):
 
 def _device_ids(trainer):
     return sorted({ctx.device_id for ctx in trainer._contexts}) or [0]
-
-
-def file_sha256(path, chunk=1 << 22):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_training_state(prefix, trainer, state, params=None, companions=()):

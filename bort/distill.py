@@ -77,8 +77,12 @@ class DistillationLoss:
         self.legacy = legacy
 
     def __call__(self, student_logits, teacher_logits, labels, weights):
-        weights = weights.reshape((-1,)).astype("float32", copy=False)
         ce, kd = per_position_terms(student_logits, teacher_logits, labels, self.temperature, self.legacy)
+        return self.combine(ce, kd, weights)
+
+    def combine(self, ce, kd, weights):
+        """The loss and its parts from per-position masked-LM and KD terms, averaged over the masked positions."""
+        weights = weights.reshape((-1,)).astype("float32", copy=False)
         num_masks = weights.sum()
         denom = num_masks + 1e-8
         mlm_sum = (ce * weights).sum()

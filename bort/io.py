@@ -6,6 +6,7 @@ Output: `atomic_write` / `atomic_path` write to a temporary name beside the targ
 """
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -138,3 +139,16 @@ class JsonlLogger:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def hash_file(path, digest, block=1 << 22):
+    """Feed a file's bytes to `digest` (a hashlib object) in blocks; returns the digest."""
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(block), b""):
+            digest.update(chunk)
+    return digest
+
+
+def file_sha256(path):
+    """SHA-256 hex digest of a file, read in blocks."""
+    return hash_file(path, hashlib.sha256()).hexdigest()

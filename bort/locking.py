@@ -16,12 +16,12 @@ import atexit
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 import socket
 
 from .errors import BortError
+from .io import file_sha256
 
 LOCK_NAME = ".bort.lock"
 RESULT_NAME = "result.json"
@@ -134,14 +134,6 @@ def retract_result(directory):
         pass
 
 
-def sha256_file(path, block=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(block), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_digests(directory, paths):
     """{path relative to `directory` (absolute when outside it): sha256} of the files that exist."""
     out = {}
@@ -151,7 +143,7 @@ def file_digests(directory, paths):
             continue
         real = os.path.realpath(path)
         name = os.path.relpath(real, root) if real.startswith(root + os.sep) else real
-        out[name] = sha256_file(path)
+        out[name] = file_sha256(path)
     return out
 
 
@@ -161,6 +153,6 @@ def verify_result_set(directory, result):
         path = name if os.path.isabs(name) else os.path.join(directory, name)
         if not os.path.isfile(path):
             raise BortError(f"{path}: listed in {RESULT_NAME} but missing")
-        if sha256_file(path) != digest:
+        if file_sha256(path) != digest:
             raise BortError(f"{path}: changed since {os.path.join(directory, RESULT_NAME)} was written "
                             "(it belongs to another run)")

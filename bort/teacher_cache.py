@@ -37,7 +37,7 @@ import mxnet as mx
 import numpy as np
 
 from .errors import BortError
-from .io import atomic_path
+from .io import atomic_path, hash_file
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ def teacher_fingerprint(spec):
     digest = hashlib.sha256()
     for name in files:
         digest.update(name.encode() + b"\0")
-        with open(os.path.join(spec, name), "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        hash_file(os.path.join(spec, name), digest)
     return digest.hexdigest()
 
 

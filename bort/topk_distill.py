@@ -91,16 +91,8 @@ class TopKDistillationLoss(DistillationLoss):
     def __call__(self, student_logits, teacher_logits, labels, weights):
         if not isinstance(teacher_logits, CachedTopK):
             return super().__call__(student_logits, teacher_logits, labels, weights)
-        weights = weights.reshape((-1,)).astype("float32", copy=False)
         ce, _ = per_position_terms(student_logits, None, labels)
-        kd = cached_kd_terms(student_logits, teacher_logits, self.temperature)
-        num_masks = weights.sum()
-        denom = num_masks + 1e-8
-        mlm_sum = (ce * weights).sum()
-        kd_sum = (kd * weights).sum()
-        loss = (self.mlm_weight * mlm_sum + self.teacher_ce_weight * kd_sum) / denom
-        return {"loss": loss, "mlm": mlm_sum / denom, "kd": kd_sum / denom, "mlm_sum": mlm_sum,
-                "kd_sum": kd_sum, "num_masks": num_masks}
+        return self.combine(ce, cached_kd_terms(student_logits, teacher_logits, self.temperature), weights)
 
 
 def prediction_counts(student_logits, teacher_logits, labels, weights):
