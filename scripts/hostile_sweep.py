@@ -408,7 +408,7 @@ def shutdown_trials(work, trials, sig):
     for trial in range(trials):
         out = os.path.join(work, f"shutdown_{sig}_{trial}")
         proc = subprocess.Popen([sys.executable, "create_pretraining_data.py", "--input_file", corpus, "--output_dir",
-                                 out, "--num_workers", "2", "--no_progress"] + VOCAB, cwd=ROOT,
+                                 out, "--num_workers", "2", "--no_progress", "--dupe_factor", "40"] + VOCAB, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline, workers = time.time() + 60, []
         while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
