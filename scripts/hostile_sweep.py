@@ -179,7 +179,7 @@ def build_cases(sweep):
     ckpt = _sst2_checkpoint(sweep.path("sst2", "model_bort_SST-2.params"))
     convert = ["scripts/convert_checkpoint.py", "hf2gluon", "--output"]
     pretrain = ["run_pretraining_distillation_hvd.py", "--model", "bort_tiny", "--teacher_model", "roberta_tiny",
-                "--num_steps", "1", "--batch_size", "4", "--no_progress"]
+                "--random_teacher", "--dtype", "float32", "--num_steps", "1", "--batch_size", "4", "--no_progress"]
     finetune = ["finetune_bort.py", "--task_name", "SST-2", "--data_dir", os.path.join(ROOT, "test_data/glue/SST-2")]
     predict = ["scripts/predict.py", "--task_name", "SST-2", "--model_parameters", ckpt, "--data_dir",
                os.path.join(ROOT, "test_data/glue/SST-2")]
