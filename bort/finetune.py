@@ -323,7 +323,7 @@ def write_dev_predictions(task, model, dev, pad_id, args, ctx):
         for row, (example, pred) in enumerate(zip(examples, preds)):
             lines.append({"segment": segment, "row": row, "idx": example.get("idx"), "where": example["where"],
                           "label": None if gold is None else gold[row], "prediction": pred,
-                          "scores": per_example[row] if len(per_example[row]) > 1 else per_example[row][0]})
+                          "scores": per_example[row][0] if len(per_example[row]) == 1 else per_example[row]})
     with atomic_write(os.path.join(args.output_dir, "dev_predictions.jsonl")) as handle:
         for line in lines:
             handle.write(json.dumps(line) + "\n")

@@ -92,3 +92,21 @@ def test_run_finetune_test2_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in (tmp_path / "wsc" / "WSC.jsonl").read_text().splitlines()]
     assert [r["idx"] for r in lines] == [0, 1, 2, 3] and {r["label"] for r in lines} <= {"True", "False"}
+
+
+def test_dev_predictions_of_a_multirc_question_without_answers(tmp_path):
+    """A dev question with no answer options has no instance; writing dev_predictions.jsonl used to raise
+    IndexError after training (found by scripts/hostile_sweep.py)."""
+    import shutil  # noqa: PLC0415
+
+    data = tmp_path / "MultiRC"
+    shutil.copytree("test_data/superglue/MultiRC", data)
+    lines = (data / "val.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["passage"]["questions"][0]["answers"] = []
+    (data / "val.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cli(["--task_name", "MultiRC", "--data_dir", str(data), "--output_dir", str(out), "--epochs", "1",
+         "--batch_size", "8", "--no_distributed"] + TINY)
+    rows = [json.loads(line) for line in (out / "dev_predictions.jsonl").read_text().splitlines()]
+    assert rows[0]["scores"] == [] and all(row["scores"] for row in rows[1:])
