@@ -139,6 +139,8 @@ def _multirc(record, base, where, examples):
                 raise BortError(f"{q_where}: answer {i} field 'label' must be 0 or 1, found {json.dumps(label)}")
             answers.append({"idx": _idx(answer, q_where, i), "text": _field(answer, "text", q_where),
                             "label": None if label is None else int(label)})
+        if not answers:  # every MultiRC question has candidate answers; none means a damaged file
+            raise BortError(f"{q_where}: field 'answers' is empty; expected at least one candidate answer")
         examples.append({"idx": _idx(question, q_where, len(examples)), "passage_idx": base["idx"],
                          "text_a": text, "question": _field(question, "question", q_where), "answers": answers,
                          "where": where,

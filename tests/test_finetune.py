@@ -94,9 +94,9 @@ def test_run_finetune_test2_on_cpu(tmp_path):
     assert [r["idx"] for r in lines] == [0, 1, 2, 3] and {r["label"] for r in lines} <= {"True", "False"}
 
 
-def test_dev_predictions_of_a_multirc_question_without_answers(tmp_path):
-    """A dev question with no answer options has no instance; writing dev_predictions.jsonl used to raise
-    IndexError after training (found by scripts/hostile_sweep.py)."""
+def test_multirc_question_without_answers_is_one_line_error(tmp_path, capsys):
+    """A dev question with no candidate answers used to train and then raise IndexError while writing
+    dev_predictions.jsonl (found by scripts/hostile_sweep.py); the reader now refuses it in one line."""
     import shutil  # noqa: PLC0415
 
     data = tmp_path / "MultiRC"
@@ -105,8 +105,9 @@ def test_dev_predictions_of_a_multirc_question_without_answers(tmp_path):
     first = json.loads(lines[0])
     first["passage"]["questions"][0]["answers"] = []
     (data / "val.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n", encoding="utf-8")
-    out = tmp_path / "out"
-    cli(["--task_name", "MultiRC", "--data_dir", str(data), "--output_dir", str(out), "--epochs", "1",
-         "--batch_size", "8", "--no_distributed"] + TINY)
-    rows = [json.loads(line) for line in (out / "dev_predictions.jsonl").read_text().splitlines()]
-    assert rows[0]["scores"] == [] and all(row["scores"] for row in rows[1:])
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["--task_name", "MultiRC", "--data_dir", str(data), "--output_dir", str(tmp_path / "out"),
+             "--epochs", "1", "--batch_size", "8", "--no_distributed"] + TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "field 'answers' is empty" in err[0], err
+    assert not (tmp_path / "out").exists()

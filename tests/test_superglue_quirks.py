@@ -127,13 +127,16 @@ def test_malformed_records(tmp_path, task, name, record, message):
         read_superglue(task, segment, d)
 
 
-def test_multirc_question_without_answers_is_no_exact_match(tmp_path):
+def test_multirc_question_without_answers_is_refused_and_no_exact_match(tmp_path):
+    """A question without candidate answers used to be read and scored as an exact match. Now the reader refuses
+    it (real MultiRC questions always have candidates), and the metric never counts an empty question as matched."""
     record = {"idx": 0, "passage": {"text": "t", "questions": [
         {"question": "q1", "idx": 0, "answers": [{"text": "a", "idx": 0, "label": 1}]},
         {"question": "q2", "idx": 1, "answers": []}]}}
     task = get_task("MultiRC")
-    examples = task.read("dev", jsonl(tmp_path, "val.jsonl", [record]))
-    metrics = task.metrics([[1], []], task.gold(examples))
+    with pytest.raises(BortError, match=r"val.jsonl:1: question 1: field 'answers' is empty"):
+        task.read("dev", jsonl(tmp_path, "val.jsonl", [record]))
+    metrics = task.metrics([[1], []], [[1], []])
     assert metrics["em"] == pytest.approx(0.5) and metrics["f1a"] == pytest.approx(1.0)
 
 
