@@ -38,6 +38,20 @@ def random_batch(rng, config, batch_size, seq_len, full=False):
     return ids, valid
 
 
+def time_each(call, modes, repeats):
+    """{mode: [seconds per call]}: one warm-up call per mode (traces the shape), then `repeats` rounds that
+    take the modes in turn, so each round sees one machine load."""
+    for mode in modes:
+        call(mode)
+    times = {m: [] for m in modes}
+    for _ in range(repeats):
+        for mode in modes:
+            start = time.perf_counter()
+            call(mode)
+            times[mode].append(time.perf_counter() - start)
+    return times
+
+
 def agreement(out, ref, valid, head):
     """max |out - ref| over valid positions, mean token cosine, argmax agreement of `head` on token 0."""
     import numpy as np
@@ -78,15 +92,7 @@ def mxnet_worker(args):
 
     def time_modes(batch_size, seq_len, repeats):
         ids, valid = (mx.nd.array(a) for a in random_batch(rng, config, batch_size, seq_len, full=True))
-        for net in nets.values():  # warm-up / trace this shape
-            net(ids, valid).wait_to_read()
-        times = {m: [] for m in nets}
-        for _ in range(repeats):
-            for mode, net in nets.items():
-                start = time.perf_counter()
-                net(ids, valid).wait_to_read()
-                times[mode].append(time.perf_counter() - start)
-        return times
+        return time_each(lambda mode: nets[mode](ids, valid).wait_to_read(), list(nets), repeats)
 
     serve(time_modes, checks, peak)
 
@@ -164,15 +170,7 @@ def torch_worker(args):
 
     def time_modes(batch_size, seq_len, repeats):
         batch = inputs(*random_batch(rng, config, batch_size, seq_len, full=True))
-        for mode in args.modes:
-            run(mode, *batch)
-        times = {m: [] for m in args.modes}
-        for _ in range(repeats):
-            for mode in args.modes:
-                start = time.perf_counter()
-                run(mode, *batch)
-                times[mode].append(time.perf_counter() - start)
-        return times
+        return time_each(lambda mode: run(mode, *batch), args.modes, repeats)
 
     serve(time_modes, checks, 2 * n ** 3 / best / 1e9)
 
@@ -250,15 +248,7 @@ def ort_worker(args):
 
     def time_modes(batch_size, seq_len, repeats):
         batch = random_batch(rng, cfg, batch_size, seq_len, full=True)
-        for mode in args.modes:
-            run(mode, *batch)
-        times = {m: [] for m in args.modes}
-        for _ in range(repeats):
-            for mode in args.modes:
-                start = time.perf_counter()
-                run(mode, *batch)
-                times[mode].append(time.perf_counter() - start)
-        return times
+        return time_each(lambda mode: run(mode, *batch), args.modes, repeats)
 
     serve(time_modes, checks, None)
 
