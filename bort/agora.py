@@ -23,6 +23,15 @@ GRID_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 FINETUNE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "finetune_bort.py")
 
 
+def split_finetune_flags(argv=None):
+    """(own flags, flags after `--` that go to every finetune_bort.py run) of a command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def grid_path(task_name, explicit=None):
     if explicit:
         return explicit

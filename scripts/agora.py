@@ -17,17 +17,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bort  # noqa: E402,F401
-from bort.agora import inference_command, search  # noqa: E402
+from bort.agora import inference_command, search, split_finetune_flags  # noqa: E402
 from bort.augment import GENERATORS  # noqa: E402
 from bort.errors import BortError, run_cli  # noqa: E402
 
 
 def parse_args(argv):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+    argv, extra = split_finetune_flags(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task_name", required=True)
     p.add_argument("--output_dir", required=True, help="one folder per trial (per round with agora), tables")

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bort  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-from bort.agora import collect, read_grid, run_pending, trials  # noqa: E402
+from bort.agora import collect, read_grid, run_pending, split_finetune_flags, trials  # noqa: E402
 from bort.agora_data import split_dev, write_examples  # noqa: E402
 from bort.agora_rounds import finetune_options, run_agora, score_examples  # noqa: E402
 from bort.errors import BortError, run_cli  # noqa: E402
@@ -31,11 +31,7 @@ from bort.tokenizer import tokenizer_from_args  # noqa: E402
 
 
 def parse_args(argv):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+    argv, extra = split_finetune_flags(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task_name", required=True)
     p.add_argument("--data_dir", required=True, help="the task's official files (train and dev)")
