@@ -93,15 +93,23 @@ def write_vocab(output_dir, merges, source_sha256=None):
     return len(vocab)
 
 
+def made_from(vocab_dir, text_path):
+    """Whether the vocabulary in `vocab_dir` was trained on this very text (its SOURCE_SHA256 file)."""
+    source = os.path.join(vocab_dir, SOURCE_FILE)
+    if not os.path.isfile(source):
+        return False
+    with open(source, encoding="utf-8") as handle:
+        return handle.read().strip() == file_sha256(text_path)
+
+
 def ensure_vocab(text_path, output_dir, bundled=None, vocab_size=1005):
     """A vocabulary for `text_path` in `output_dir`: a copy of `bundled` when it was made from this very text (its
     SOURCE_SHA256), else one trained on the text. Returns "bundled" or "trained"."""
     if not os.path.isfile(text_path):
         raise BortError(f"{text_path}: sample text not found")
     digest = file_sha256(text_path)
-    source = os.path.join(bundled, SOURCE_FILE) if bundled else None
     os.makedirs(output_dir, exist_ok=True)
-    if source and os.path.isfile(source) and open(source, encoding="utf-8").read().strip() == digest:
+    if bundled and made_from(bundled, text_path):
         for name in ("vocab.json", "merges.txt", SOURCE_FILE):
             shutil.copyfile(os.path.join(bundled, name), os.path.join(output_dir, name))
         return "bundled"

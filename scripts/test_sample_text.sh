@@ -25,7 +25,7 @@ fi
 [ -d "$repo/../shared" ] && ln -s "$(cd "$repo/../shared" && pwd)" "$tmp/shared"
 cp "$text" "$tmp/repo/test_data/sample_text.txt"
 cd "$tmp/repo"
-mapfile -t tests < <(grep -li "sample.text" tests/test_*.py)
+mapfile -t tests < <(grep -liE "sample.text|run_pretraining_distillation.sh" tests/test_*.py)
 echo "[sample text] $text in test_data/sample_text.txt: ${tests[*]}" >&2
 export PATH="$venv/bin:$PATH"
 "$venv/bin/python" -m pytest -q "$@" "${tests[@]}"

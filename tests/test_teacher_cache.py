@@ -17,7 +17,7 @@ import pytest
 
 import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
-from bort.bpe_train import SOURCE_FILE, file_sha256
+from bort.bpe_train import made_from
 from bort.checkpoint import save_parameters
 from bort.distill import DistillationLoss, load_teacher
 from bort.errors import BortError
@@ -402,9 +402,7 @@ def test_horovod_ranks_cache_their_shards_and_train_from_them(shards, caches, te
 
 
 def _bundled_sample_text():
-    """Whether test_data/sample_text.txt is the text the bundled vocabulary was made from (see bort.bpe_train)."""
-    with open(os.path.join(ROOT, "test_data/vocab", SOURCE_FILE), encoding="utf-8") as handle:
-        return file_sha256(SAMPLE) == handle.read().strip()
+    return made_from(os.path.join(ROOT, "test_data/vocab"), SAMPLE)
 
 
 def _launcher(run_dir, procs, *extra, env_extra=None):

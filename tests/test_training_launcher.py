@@ -10,6 +10,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from bort.bpe_train import made_from
 from bort.checkpoint import load_model
 from bort.mlm import topk_accuracy
 from data.pretraining import batchify, list_shards, load_shard
@@ -25,13 +26,21 @@ def _launch(args, cwd, **env):
                           timeout=1800)
 
 
-def _held_out_top1(run_dir, params):
-    model = load_model(str(params))
-    batches = []
-    for path in list_shards(str(run_dir / "eval")):
+def _batches(shards):
+    for path in list_shards(str(shards)):
         shard = load_shard(path)
-        batches.append(batchify([shard[i] for i in range(len(shard))], shard.metadata["pad_id"]))
-    return topk_accuracy(model, batches, mx.cpu(), k=1)
+        yield batchify([shard[i] for i in range(len(shard))], shard.metadata["pad_id"])
+
+
+def _held_out_top1(run_dir, params):
+    return topk_accuracy(load_model(str(params)), list(_batches(run_dir / "eval")), mx.cpu(), k=1)
+
+
+def _frequency_top1(run_dir):
+    """Held-out top-1 of always predicting the token masked most often in training."""
+    train = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in _batches(run_dir / "train")])
+    held_out = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in _batches(run_dir / "eval")])
+    return float(np.mean(held_out == np.bincount(train).argmax()))
 
 
 def test_missing_shards_one_line_no_traceback_no_stray_directory(tmp_path):
@@ -62,7 +71,11 @@ def test_two_argument_test_call_and_float16_test_fills_masks_like_float32(tmp_pa
     assert all(v.dtype == np.float16 for v in mx.nd.load(str(student16)).values())
     top1_32 = _held_out_top1(f32, student32)
     top1_16 = _held_out_top1(f16, student16)
-    print(f"held-out top-1: float32 {top1_32:.3f}, float16 {top1_16:.3f}")
-    assert top1_32 >= 0.6
+    baseline = _frequency_top1(f32)
+    print(f"held-out top-1: float32 {top1_32:.3f}, float16 {top1_16:.3f}, frequency baseline {baseline:.3f}")
+    if made_from(os.path.join(ROOT, "test_data/vocab"), os.path.join(ROOT, "test_data/sample_text.txt")):
+        assert top1_32 >= 0.6  # the bundled text: measured 0.82-0.87
+    else:  # another text, e.g. gluon-nlp's literary sample: measured 0.35 against 0.05
+        assert top1_32 > baseline + 0.15
     assert top1_16 >= top1_32 - 0.05
     assert sorted(os.listdir(tmp_path)) == ["f16", "f32"]
