@@ -9,6 +9,9 @@ projection as one constant parameter, so the graph is exactly the pattern MXNet'
 front of a plain softmax instead of gluon-nlp's softmax with `length`, whose CPU kernel took ~30 ms of a 95 ms
 INT8 forward (Bort, batch 8, length 128, one thread).
 
+Layer norms (with the residual add in front of them) run as one pass of `bort_add_layer_norm` from Bort's C++
+operator library (`bort.native_ops`) when it loads, else as MXNet's `elemwise_add` + `LayerNorm`.
+
 It is built from a `BortModel` (`FastEncoder.from_model`) by copying its parameters, so it reads every
 checkpoint `BortModel` reads; it has no parameters of its own to save. Inputs and outputs match
 `BortModel(inputs, valid_length, token_types=...)` without the MLM head: hidden states (batch, length, units),
@@ -18,6 +21,8 @@ import bort  # noqa: F401  (sets thread counts before mxnet is imported)
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
+
+from . import native_ops as _native
 
 
 def interleave_qkv(query, key, value, num_heads):
@@ -30,13 +35,15 @@ def interleave_qkv(query, key, value, num_heads):
 class FastEncoder(HybridBlock):
     """Embeddings + post-layer-norm transformer layers with a fused QKV projection (inference only, no dropout).
 
+    `native_ops`: use Bort's fused add + layer norm operators (`bort.native_ops.load()` must have succeeded).
     Call as `net(inputs, valid_length)` or, for configs with token types, `net(inputs, valid_length, token_types)`;
     all inputs may be float32 (ids are cast inside). Returns (batch, length, units).
     """
 
-    def __init__(self, config, prefix="fast_", params=None):
+    def __init__(self, config, prefix="fast_", params=None, native_ops=False):
         super().__init__(prefix=prefix, params=params)
         self.config = config
+        self.native_ops = native_ops
         c = config
         self._names = []  # (fast name, BortModel name, transform) in creation order
         with self.name_scope():
@@ -74,9 +81,11 @@ class FastEncoder(HybridBlock):
         return param
 
     @classmethod
-    def from_model(cls, model, ctx=None):
-        """A FastEncoder holding a copy of `model`'s (a `BortModel`) encoder parameters."""
-        fast = cls(model.config)
+    def from_model(cls, model, ctx=None, native_ops=None):
+        """A FastEncoder holding a copy of `model`'s (a `BortModel`) encoder parameters. `native_ops`: None uses
+        Bort's C++ operators when they build and load (`bort.native_ops.load()`), False never."""
+        use_native = _native.load() if native_ops is None else bool(native_ops and _native.load())
+        fast = cls(model.config, native_ops=use_native)
         fast.initialize(ctx=ctx or mx.cpu())
         fast.copy_from(model)
         return fast
@@ -102,8 +111,7 @@ class FastEncoder(HybridBlock):
             x = x + F.Embedding(types, p["type_weight"], input_dim=c.token_type_vocab_size, output_dim=c.units)
         steps = F.contrib.arange_like(ids, axis=0)
         positions = F.Embedding(steps, p["position_weight"], input_dim=c.max_length, output_dim=c.units)
-        x = F.broadcast_add(x, F.expand_dims(positions, axis=1))
-        x = F.LayerNorm(x, p["embed_gamma"], p["embed_beta"], axis=-1, eps=c.layer_norm_eps)
+        x = self._add_norm(F, x, F.expand_dims(positions, axis=1), p["embed_gamma"], p["embed_beta"], broadcast=True)
         # Padding as an additive score bias (batch * heads, 1, length): 0 on valid keys, -1e9 on padding. MXNet's
         # softmax with `length` (what gluon-nlp uses) is a slow non-oneDNN kernel: ~20x the plain softmax here.
         valid = F.broadcast_lesser(F.reshape(steps, shape=(1, -1)), F.reshape(valid_length, shape=(-1, 1)))
@@ -122,11 +130,20 @@ class FastEncoder(HybridBlock):
         att = F.softmax(F.broadcast_add(score, bias), axis=-1)
         context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=c.num_heads)
         out = F.FullyConnected(context, w("proj_weight"), w("proj_bias"), num_hidden=c.units, flatten=False)
-        x = F.LayerNorm(out + x, w("ln1_gamma"), w("ln1_beta"), axis=-1, eps=c.layer_norm_eps)
+        x = self._add_norm(F, out, x, w("ln1_gamma"), w("ln1_beta"))
         h = F.FullyConnected(x, w("ffn1_weight"), w("ffn1_bias"), num_hidden=c.hidden_size, flatten=False)
         h = _activation(F, h, c.activation)
         h = F.FullyConnected(h, w("ffn2_weight"), w("ffn2_bias"), num_hidden=c.units, flatten=False)
-        return F.LayerNorm(h + x, w("ln2_gamma"), w("ln2_beta"), axis=-1, eps=c.layer_norm_eps)
+        return self._add_norm(F, h, x, w("ln2_gamma"), w("ln2_beta"))
+
+    def _add_norm(self, F, x, residual, gamma, beta, broadcast=False):
+        """LayerNorm(x + residual) over the last axis; with `broadcast`, residual is (length, 1, units) against
+        x's (length, batch, units)."""
+        eps = self.config.layer_norm_eps
+        if self.native_ops:
+            return F.bort_add_layer_norm(x, residual, gamma, beta, eps=eps)
+        added = F.broadcast_add(x, residual) if broadcast else x + residual
+        return F.LayerNorm(added, gamma, beta, axis=-1, eps=eps)
 
 
 def _finish_deferred_init(model):

@@ -1,0 +1,156 @@
+// Bort's CPU inference operators, an MXNet custom-operator library (lib_api.h, MXNet >= 1.8).
+//
+//   bort_add_layer_norm(data, residual, gamma, beta, eps) == LayerNorm(data + residual, gamma, beta) over the last axis
+//
+// `residual` has the shape of `data`, or (data.shape[0], 1, ..., 1, width): one row per leading index,
+// broadcast over the middle axes (the position embeddings of a (length, batch, units) sequence).
+// MXNet 1.9.1's LayerNorm has no oneDNN kernel and runs a generic reduction (about 0.45 G values/s); this one
+// reads each row once into L1 and does the add, mean, variance and affine map in three vector passes.
+// Float32 only, forward only (inference): the backward reports an error if it is ever run.
+//
+// Built by bort/native_ops.py (g++ -O3 -fopenmp). The row kernel is compiled for AVX-512, AVX2 and plain x86-64
+// (GCC target_clones, picked at load time by the CPU), so one build runs on any x86-64 machine.
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <omp.h>
+
+#include "mxnet/lib_api.h"
+
+using namespace mxnet::ext;
+
+namespace {
+
+using Attrs = std::unordered_map<std::string, std::string>;
+
+// Below this many values one thread is faster than waking the OpenMP team (a 1024-wide row takes ~0.1 us).
+constexpr int64_t kParallelValues = 32768;
+
+float read_eps(const Attrs& attrs) {
+  auto it = attrs.find("eps");
+  return it == attrs.end() ? 1e-5f : std::strtof(it->second.c_str(), nullptr);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BORT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BORT_CLONES
+#endif
+
+// One row: y = (v - mean) / sqrt(var + eps) * gamma + beta with v = x + r. Two-pass variance (as MXNet's).
+BORT_CLONES
+void add_layer_norm_row(const float* x, const float* r, const float* gamma, const float* beta, float* y, int64_t n,
+                        float eps) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i] + r[i];
+    y[i] = v;
+    sum += v;
+  }
+  const float mean = sum / static_cast<float>(n);
+  float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = y[i] - mean;
+    squares += d * d;
+  }
+  const float rstd = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = (y[i] - mean) * rstd * gamma[i] + beta[i];
+}
+
+MXReturnValue parse_attrs(const Attrs&, int* num_inputs, int* num_outputs) {
+  *num_inputs = 4;
+  *num_outputs = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const Attrs&, std::vector<int>* in_types, std::vector<int>* out_types) {
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    if ((*in_types)[i] == -1) (*in_types)[i] = kFloat32;  // not known yet (graph passes infer partially)
+    if ((*in_types)[i] != kFloat32) {
+      MX_ERROR_MSG << "bort_add_layer_norm: input " << i << " must be float32, got dtype " << (*in_types)[i];
+      return MX_FAIL;
+    }
+  }
+  (*out_types)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+bool residual_fits(const std::vector<unsigned>& data, const std::vector<unsigned>& res) {
+  if (res == data) return true;
+  if (res.size() != data.size() || data.size() < 2) return false;
+  if (res.front() != data.front() || res.back() != data.back()) return false;
+  for (size_t i = 1; i + 1 < res.size(); ++i)
+    if (res[i] != 1) return false;
+  return true;
+}
+
+MXReturnValue infer_shape(const Attrs&, std::vector<std::vector<unsigned>>* in_shapes,
+                          std::vector<std::vector<unsigned>>* out_shapes) {
+  const auto& data = (*in_shapes)[0];
+  if (data.empty()) {
+    MX_ERROR_MSG << "bort_add_layer_norm: data must have at least one axis";
+    return MX_FAIL;
+  }
+  if (!residual_fits(data, (*in_shapes)[1])) {
+    MX_ERROR_MSG << "bort_add_layer_norm: residual must have the data's shape or (data.shape[0], 1, ..., width)";
+    return MX_FAIL;
+  }
+  for (size_t i = 2; i < in_shapes->size(); ++i) {
+    const auto& s = (*in_shapes)[i];
+    if (s.size() != 1 || s[0] != data.back()) {
+      MX_ERROR_MSG << "bort_add_layer_norm: gamma and beta must have shape (" << data.back() << ",)";
+      return MX_FAIL;
+    }
+  }
+  (*out_shapes)[0] = data;
+  return MX_SUCCESS;
+}
+
+MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                      const OpResource&) {
+  MXTensor& data = (*inputs)[0];
+  const float* x = data.data<float>();
+  const float* r = (*inputs)[1].data<float>();
+  const float* gamma = (*inputs)[2].data<float>();
+  const float* beta = (*inputs)[3].data<float>();
+  float* y = (*outputs)[0].data<float>();
+  const int64_t n = data.shape.back();
+  if (n == 0) return MX_SUCCESS;
+  const int64_t rows = data.size() / n;
+  // rows of data per row of residual: 1 for the same shape, the middle axes' product for a broadcast one
+  const int64_t res_rows = (*inputs)[1].size() / n;
+  const int64_t per_res_row = res_rows ? rows / res_rows : 1;
+  const float eps = read_eps(attrs);
+  const int threads = rows * n >= kParallelValues ? omp_get_max_threads() : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < rows; ++i)
+    add_layer_norm_row(x + i * n, r + (i / per_res_row) * n, gamma, beta, y + i * n, n, eps);
+  return MX_SUCCESS;
+}
+
+MXReturnValue no_backward(const Attrs&, std::vector<MXTensor>*, std::vector<MXTensor>*, const OpResource&) {
+  MX_ERROR_MSG << "bort_add_layer_norm is inference only (no backward)";
+  return MX_FAIL;
+}
+
+}  // namespace
+
+// MXNet builds a gradient graph for every hybridized block, so the operator declares a backward (that refuses).
+REGISTER_OP(bort_add_layer_norm)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(forward, "cpu")
+    .setBackward(no_backward, "cpu");
+
+MXReturnValue initialize(int version) {
+  if (version >= 10800) return MX_SUCCESS;
+  MX_ERROR_MSG << "bort_ops needs MXNet >= 1.8, got version " << version;
+  return MX_FAIL;
+}
