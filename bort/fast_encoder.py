@@ -9,8 +9,9 @@ projection as one constant parameter, so the graph is exactly the pattern MXNet'
 front of a plain softmax instead of gluon-nlp's softmax with `length`, whose CPU kernel took ~30 ms of a 95 ms
 INT8 forward (Bort, batch 8, length 128, one thread).
 
-Layer norms (with the residual add in front of them) run as one pass of `bort_add_layer_norm` from Bort's C++
-operator library (`bort.native_ops`) when it loads, else as MXNet's `elemwise_add` + `LayerNorm`.
+Layer norms (with the residual add in front of them) run as one pass of `bort_add_layer_norm`, and the padding
+bias + softmax as one `bort_masked_softmax`, from Bort's C++ operator library (`bort.native_ops`) when it loads;
+else as MXNet's `elemwise_add` + `LayerNorm` and `broadcast_add` + `softmax`.
 
 It is built from a `BortModel` (`FastEncoder.from_model`) by copying its parameters, so it reads every
 checkpoint `BortModel` reads; it has no parameters of its own to save. Inputs and outputs match
@@ -35,7 +36,8 @@ def interleave_qkv(query, key, value, num_heads):
 class FastEncoder(HybridBlock):
     """Embeddings + post-layer-norm transformer layers with a fused QKV projection (inference only, no dropout).
 
-    `native_ops`: use Bort's fused add + layer norm operators (`bort.native_ops.load()` must have succeeded).
+    `native_ops`: use Bort's fused add + layer norm and masked softmax (`bort.native_ops.load()` must have
+    succeeded).
     Call as `net(inputs, valid_length)` or, for configs with token types, `net(inputs, valid_length, token_types)`;
     all inputs may be float32 (ids are cast inside). Returns (batch, length, units).
     """
@@ -112,11 +114,15 @@ class FastEncoder(HybridBlock):
         steps = F.contrib.arange_like(ids, axis=0)
         positions = F.Embedding(steps, p["position_weight"], input_dim=c.max_length, output_dim=c.units)
         x = self._add_norm(F, x, F.expand_dims(positions, axis=1), p["embed_gamma"], p["embed_beta"], broadcast=True)
-        # Padding as an additive score bias (batch * heads, 1, length): 0 on valid keys, -1e9 on padding. MXNet's
-        # softmax with `length` (what gluon-nlp uses) is a slow non-oneDNN kernel: ~20x the plain softmax here.
-        valid = F.broadcast_lesser(F.reshape(steps, shape=(1, -1)), F.reshape(valid_length, shape=(-1, 1)))
-        bias = F.expand_dims(F.expand_dims((valid - 1) * 1e9, axis=1), axis=1)  # (batch, 1, 1, length)
-        bias = F.reshape(F.broadcast_axis(bias, axis=1, size=c.num_heads), shape=(-3, -2))  # (batch*heads, 1, len)
+        if self.native_ops:  # Bort's masked softmax reads valid_length itself
+            bias = valid_length
+        else:
+            # Padding as an additive score bias (batch * heads, 1, length): 0 on valid keys, -1e9 on padding.
+            # MXNet's softmax with `length` (what gluon-nlp uses) is a slow non-oneDNN kernel: ~20x the plain
+            # softmax here.
+            valid = F.broadcast_lesser(F.reshape(steps, shape=(1, -1)), F.reshape(valid_length, shape=(-1, 1)))
+            bias = F.expand_dims(F.expand_dims((valid - 1) * 1e9, axis=1), axis=1)  # (batch, 1, 1, length)
+            bias = F.reshape(F.broadcast_axis(bias, axis=1, size=c.num_heads), shape=(-3, -2))  # (b*heads, 1, len)
         for i in range(c.num_layers):
             x = self._layer(F, x, bias, i, p)
         x = F.SequenceMask(x, sequence_length=valid_length, use_sequence_length=True, axis=0)
@@ -127,7 +133,10 @@ class FastEncoder(HybridBlock):
         w = lambda name: p[f"l{i}_{name}"]  # noqa: E731
         qkv = F.FullyConnected(x, w("qkv_weight"), w("qkv_bias"), num_hidden=3 * c.units, flatten=False)
         score = F.contrib.interleaved_matmul_selfatt_qk(qkv, heads=c.num_heads)
-        att = F.softmax(F.broadcast_add(score, bias), axis=-1)
+        if self.native_ops:
+            att = F.bort_masked_softmax(score, bias, heads=c.num_heads)  # bias is valid_length here
+        else:
+            att = F.softmax(F.broadcast_add(score, bias), axis=-1)
         context = F.contrib.interleaved_matmul_selfatt_valatt(qkv, att, heads=c.num_heads)
         out = F.FullyConnected(context, w("proj_weight"), w("proj_bias"), num_hidden=c.units, flatten=False)
         x = self._add_norm(F, out, x, w("ln1_gamma"), w("ln1_beta"))

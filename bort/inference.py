@@ -26,7 +26,7 @@ from .fast_encoder import FastEncoder
 
 MODES = ("fp32", "fused", "bf16", "int8")
 ATTENTION_OPS = ("_contrib_interleaved_matmul_selfatt_qk", "_contrib_interleaved_matmul_selfatt_valatt")
-FLOAT32_ONLY_OPS = ATTENTION_OPS + ("bort_add_layer_norm",)  # CPU kernels without bfloat16
+FLOAT32_ONLY_OPS = ATTENTION_OPS + ("bort_add_layer_norm", "bort_masked_softmax")  # CPU kernels without bfloat16
 log = logging.getLogger(__name__)
 
 

@@ -1,8 +1,9 @@
 """Bort's C++ inference operators (`bort/csrc/bort_ops.cc`): built once into a cache, loaded into MXNet.
 
-The library adds `bort_add_layer_norm` (residual add + layer norm in one pass) to
-`mx.nd` / `mx.sym`; `bort.fast_encoder.FastEncoder` uses them in place of MXNet's LayerNorm, which has no oneDNN
-kernel in MXNet 1.9.1. The shared object is compiled with the system C++ compiler (`$CXX`, default g++) on first
+The library adds `bort_add_layer_norm` (residual add + layer norm in one pass) and `bort_masked_softmax` (softmax
+over the valid keys, in place of a padding-bias broadcast_add + softmax) to `mx.nd` / `mx.sym`;
+`bort.fast_encoder.FastEncoder` uses them in place of MXNet's operators (LayerNorm has no oneDNN kernel in
+MXNet 1.9.1). The shared object is compiled with the system C++ compiler (`$CXX`, default g++) on first
 use, or ahead of time by `scripts/setup_env.sh`, into
 
     $BORT_NATIVE_CACHE (default ~/.cache/bort/native_ops)/libbort_ops-<key>.so
@@ -26,7 +27,7 @@ import mxnet as mx
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "bort_ops.cc")
-OPERATORS = ("bort_add_layer_norm",)
+OPERATORS = ("bort_add_layer_norm", "bort_masked_softmax")
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 _state = {}  # "loaded": bool once load() ran in this process, "path": the library loaded
 
@@ -66,12 +67,12 @@ def build(force=False):
     """Compile the library if needed; returns its path, or None (with one logged line) when it cannot be built."""
     compiler = _compiler()
     if compiler is None:
-        log.warning("bort native ops: no C++ compiler (%s) found; using MXNet's LayerNorm",
+        log.warning("bort native ops: no C++ compiler (%s) found; using MXNet's operators",
                     os.environ.get("CXX", "g++"))
         return None
     include, lib_api = _mxnet_files()
     if not (os.path.isdir(include) and os.path.isfile(lib_api)):
-        log.warning("bort native ops: this MXNet ships no lib_api sources (%s); using MXNet's LayerNorm", lib_api)
+        log.warning("bort native ops: this MXNet ships no lib_api sources (%s); using MXNet's operators", lib_api)
         return None
     target = library_path(compiler)
     if os.path.isfile(target) and not force:
@@ -81,14 +82,14 @@ def build(force=False):
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".libbort_ops-", suffix=".so")
         os.close(fd)
     except OSError as err:
-        log.warning("bort native ops: cannot write to %s (%s); using MXNet's LayerNorm", cache_dir(), err)
+        log.warning("bort native ops: cannot write to %s (%s); using MXNet's operators", cache_dir(), err)
         return None
     cmd = [compiler, *CXXFLAGS, "-I", include, SOURCE, lib_api, "-o", tmp]
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
-            log.warning("bort native ops: build failed (%s); using MXNet's LayerNorm", first[:300])
+            log.warning("bort native ops: build failed (%s); using MXNet's operators", first[:300])
             return None
         os.chmod(tmp, 0o755)  # mkstemp made it 0600; other users of a shared cache need to read it
         os.replace(tmp, target)
@@ -107,7 +108,7 @@ def load():
         return _state["loaded"]
     _state["loaded"] = False
     if not enabled_by_env():
-        log.info("bort native ops: off (BORT_NATIVE_OPS=0); using MXNet's LayerNorm")
+        log.info("bort native ops: off (BORT_NATIVE_OPS=0); using MXNet's operators")
         return False
     if all(hasattr(mx.nd, op) for op in OPERATORS):  # loaded earlier by another copy of this module
         _state["loaded"] = True
@@ -118,7 +119,7 @@ def load():
     try:
         mx.library.load(path, verbose=False)
     except Exception as err:  # MXNetError or OSError: an incompatible MXNet must not stop inference
-        log.warning("bort native ops: loading %s failed (%s); using MXNet's LayerNorm", path,
+        log.warning("bort native ops: loading %s failed (%s); using MXNet's operators", path,
                     str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__)
         return False
     _state["loaded"], _state["path"] = True, path

@@ -1,5 +1,5 @@
-"""Bort's C++ operator library (bort.native_ops): the fused add + layer norm equals MXNet's LayerNorm(x + r),
-every inference mode gives the same answer with it as without it, and without a compiler everything falls back
+"""Bort's C++ operator library (bort.native_ops): the fused add + layer norm equals MXNet's LayerNorm(x + r), the
+masked softmax equals MXNet's softmax of the padding-biased scores, every inference mode gives the same answer with it as without it, and without a compiler everything falls back
 to MXNet's operators with one logged line."""
 import os
 import subprocess
@@ -45,7 +45,35 @@ def test_add_layer_norm_matches_mxnet_layer_norm(loaded, data_shape, residual_sh
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_add_layer_norm_rejects_bad_shapes_and_types_and_backward(loaded):
+# (batch, heads, queries, keys): odd lengths, one key, sizes that take the multi-threaded path
+SOFTMAX_SHAPES = [(1, 16, 128, 128), (3, 2, 5, 33), (2, 1, 1, 1), (8, 16, 40, 130), (2, 4, 7, 512)]
+
+
+@pytest.mark.parametrize("batch,heads,queries,keys", SOFTMAX_SHAPES)
+def test_masked_softmax_matches_mxnet_softmax(loaded, batch, heads, queries, keys):
+    rng = np.random.RandomState(keys)
+    scores = mx.nd.array(rng.normal(0, 8, size=(batch * heads, queries, keys)))
+    valid = rng.randint(1, keys + 1, size=(batch,)).astype(np.float32)
+    valid[0] = keys
+    got = mx.nd.bort_masked_softmax(scores, mx.nd.array(valid), heads=heads).asnumpy()
+    # what FastEncoder computes without the library: softmax of scores + (valid - 1) * 1e9 on padded keys
+    bias = np.repeat(((np.arange(keys)[None, :] < valid[:, None]) - 1.0) * 1e9, heads, axis=0)[:, None, :]
+    expected = mx.nd.softmax(scores + mx.nd.array(bias), axis=-1).asnumpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    # and MXNet's softmax with lengths (gluon-nlp's masking), whose padded entries are 0 too
+    lengths = mx.nd.array(np.repeat(valid, heads)[:, None].repeat(queries, axis=1), dtype="int32")
+    with_length = mx.nd.softmax(scores, length=lengths, use_length=True, axis=-1).asnumpy()
+    np.testing.assert_allclose(got, with_length, rtol=1e-5, atol=1e-7)
+
+
+def test_masked_softmax_of_a_fully_masked_row_is_uniform(loaded):
+    scores = mx.nd.array(np.random.RandomState(0).normal(size=(2, 3, 6)))
+    got = mx.nd.bort_masked_softmax(scores, mx.nd.array([0, 6]), heads=1).asnumpy()
+    np.testing.assert_allclose(got[0], np.full((3, 6), 1 / 6), rtol=1e-6)
+    np.testing.assert_allclose(got[1], mx.nd.softmax(scores[1], axis=-1).asnumpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_native_ops_reject_bad_shapes_and_types_and_backward(loaded):
     x, g = mx.nd.ones((4, 3, 8)), mx.nd.ones((8,))
     with pytest.raises(mx.base.MXNetError, match="residual must have"):
         mx.nd.bort_add_layer_norm(x, mx.nd.ones((4, 2, 8)), g, g).wait_to_read()
@@ -53,6 +81,10 @@ def test_add_layer_norm_rejects_bad_shapes_and_types_and_backward(loaded):
         mx.nd.bort_add_layer_norm(x, x, mx.nd.ones((7,)), g).wait_to_read()
     with pytest.raises(mx.base.MXNetError, match="must be float32"):
         mx.nd.bort_add_layer_norm(x.astype("float16"), x.astype("float16"), g, g).wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match=r"scores must be \(batch \* heads"):
+        mx.nd.bort_masked_softmax(mx.nd.ones((6, 4, 4)), mx.nd.ones((4,)), heads=2).wait_to_read()
+    with pytest.raises(mx.base.MXNetError, match="heads must be a positive integer"):
+        mx.nd.bort_masked_softmax(mx.nd.ones((6, 4, 4)), mx.nd.ones((3,)), heads=0).wait_to_read()
     x.attach_grad()
     with pytest.raises(mx.base.MXNetError, match="inference only"):
         with mx.autograd.record():
@@ -95,7 +127,9 @@ def test_every_mode_agrees_with_and_without_native_ops(loaded, name, mode):
     stock = prepare(model, mode, calib_batches=calib, native_ops=False)
     assert native.native_ops and not stock.native_ops
     graph = native.net._cached_graph[1].tojson() if native.net._cached_graph else ""
-    assert "bort_add_layer_norm" in graph and '"LayerNorm"' not in graph  # every layer norm is the fused one
+    # every layer norm and softmax is Bort's
+    assert "bort_add_layer_norm" in graph and '"LayerNorm"' not in graph
+    assert "bort_masked_softmax" in graph and '"softmax"' not in graph
     a, b = native(ids, valid).asnumpy(), stock(ids, valid).asnumpy()
     assert np.abs(a - b).max() <= AGREEMENT[mode] * np.abs(b).max() + 1e-6, mode
 

@@ -1,17 +1,22 @@
 // Bort's CPU inference operators, an MXNet custom-operator library (lib_api.h, MXNet >= 1.8).
 //
 //   bort_add_layer_norm(data, residual, gamma, beta, eps) == LayerNorm(data + residual, gamma, beta) over the last axis
+//   bort_masked_softmax(scores, valid_length, heads)       == softmax over keys < valid_length, 0 on the others
 //
 // `residual` has the shape of `data`, or (data.shape[0], 1, ..., 1, width): one row per leading index,
 // broadcast over the middle axes (the position embeddings of a (length, batch, units) sequence).
 // MXNet 1.9.1's LayerNorm has no oneDNN kernel and runs a generic reduction (about 0.45 G values/s); this one
 // reads each row once into L1 and does the add, mean, variance and affine map in three vector passes.
+// The masked softmax replaces the encoder's additive padding bias (a broadcast_add of a (batch * heads, 1, length)
+// -1e9 mask onto every score matrix) and the softmax after it with one pass over each score row.
 // Float32 only, forward only (inference): the backward reports an error if it is ever run.
 //
 // Built by bort/native_ops.py (g++ -O3 -fopenmp). The row kernel is compiled for AVX-512, AVX2 and plain x86-64
 // (GCC target_clones, picked at load time by the CPU), so one build runs on any x86-64 machine.
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -73,7 +78,7 @@ MXReturnValue infer_type(const Attrs&, std::vector<int>* in_types, std::vector<i
   for (size_t i = 0; i < in_types->size(); ++i) {
     if ((*in_types)[i] == -1) (*in_types)[i] = kFloat32;  // not known yet (graph passes infer partially)
     if ((*in_types)[i] != kFloat32) {
-      MX_ERROR_MSG << "bort_add_layer_norm: input " << i << " must be float32, got dtype " << (*in_types)[i];
+      MX_ERROR_MSG << "bort native op: input " << i << " must be float32, got dtype " << (*in_types)[i];
       return MX_FAIL;
     }
   }
@@ -134,19 +139,114 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::ve
   return MX_SUCCESS;
 }
 
+// exp(x) for x <= 0 (scores minus their row maximum): Cephes' expf (range reduction by ln 2, degree-6
+// polynomial, relative error ~1e-7) in plain arithmetic, so the row loop vectorizes without libmvec.
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+  x = x < -87.f ? -87.f : x;
+  const int32_t minus_n = static_cast<int32_t>(0.5f - x * 1.44269504088896341f);  // n = round(x / ln 2) <= 0
+  const float n = static_cast<float>(-minus_n);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const int32_t bits = (127 - minus_n) << 23;  // 2^n, n in [-126, 0]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+// One score row: y[k] = exp(s[k] - max) / sum over the first `valid` keys, 0 after them.
+BORT_CLONES
+void masked_softmax_row(const float* s, float* y, int64_t n, int64_t valid) {
+  float top = s[0];
+#pragma omp simd reduction(max : top)
+  for (int64_t k = 0; k < valid; ++k) top = s[k] > top ? s[k] : top;
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t k = 0; k < valid; ++k) {
+    const float e = exp_nonpositive(s[k] - top);
+    y[k] = e;
+    sum += e;
+  }
+  const float inv = 1.f / sum;
+#pragma omp simd
+  for (int64_t k = 0; k < valid; ++k) y[k] *= inv;
+  for (int64_t k = valid; k < n; ++k) y[k] = 0.f;
+}
+
+int read_heads(const Attrs& attrs) {
+  auto it = attrs.find("heads");
+  return it == attrs.end() ? 0 : std::atoi(it->second.c_str());
+}
+
+MXReturnValue parse_softmax(const Attrs& attrs, int* num_inputs, int* num_outputs) {
+  if (read_heads(attrs) < 1) {
+    MX_ERROR_MSG << "bort_masked_softmax: attribute heads must be a positive integer";
+    return MX_FAIL;
+  }
+  *num_inputs = 2;
+  *num_outputs = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue infer_shape_softmax(const Attrs& attrs, std::vector<std::vector<unsigned>>* in_shapes,
+                                  std::vector<std::vector<unsigned>>* out_shapes) {
+  const auto& scores = (*in_shapes)[0];
+  const auto& valid = (*in_shapes)[1];
+  const unsigned heads = read_heads(attrs);
+  if (scores.size() != 3 || valid.size() != 1 || scores[0] != valid[0] * heads) {
+    MX_ERROR_MSG << "bort_masked_softmax: scores must be (batch * heads, queries, keys) and valid_length (batch,)";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = scores;
+  return MX_SUCCESS;
+}
+
+MXReturnValue forward_softmax(const Attrs& attrs, std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                              const OpResource&) {
+  MXTensor& scores = (*inputs)[0];
+  const float* s = scores.data<float>();
+  const float* valid_length = (*inputs)[1].data<float>();
+  float* y = (*outputs)[0].data<float>();
+  const int64_t heads = read_heads(attrs), queries = scores.shape[1], n = scores.shape[2];
+  const int64_t rows = scores.shape[0] * queries;
+  const int threads = rows * n >= kParallelValues ? omp_get_max_threads() : 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t length = static_cast<int64_t>(valid_length[i / queries / heads]);
+    if (length <= 0) {  // every key masked: the biased scores are all equal, so the softmax is uniform
+      for (int64_t k = 0; k < n; ++k) y[i * n + k] = 1.f / static_cast<float>(n);
+      continue;
+    }
+    masked_softmax_row(s + i * n, y + i * n, n, length < n ? length : n);
+  }
+  return MX_SUCCESS;
+}
+
 MXReturnValue no_backward(const Attrs&, std::vector<MXTensor>*, std::vector<MXTensor>*, const OpResource&) {
-  MX_ERROR_MSG << "bort_add_layer_norm is inference only (no backward)";
+  MX_ERROR_MSG << "bort's native operators are inference only (no backward)";
   return MX_FAIL;
 }
 
 }  // namespace
 
-// MXNet builds a gradient graph for every hybridized block, so the operator declares a backward (that refuses).
+// MXNet builds a gradient graph for every hybridized block, so the operators declare a backward (that refuses).
 REGISTER_OP(bort_add_layer_norm)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
     .setForward(forward, "cpu")
+    .setBackward(no_backward, "cpu");
+
+REGISTER_OP(bort_masked_softmax)
+    .setParseAttrs(parse_softmax)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape_softmax)
+    .setForward(forward_softmax, "cpu")
     .setBackward(no_backward, "cpu");
 
 MXReturnValue initialize(int version) {
