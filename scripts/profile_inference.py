@@ -5,7 +5,7 @@
 For each mode, batch size and operator set (`--native_ops on off`: Bort's fused add + layer norm, or MXNet's
 elemwise_add + LayerNorm) it times `--calls` forward passes without the profiler (median ms per call), then
 profiles as many more with `MXNET_EXEC_BULK_EXEC_INFERENCE=0` (one profiler entry per operator instead of bulked
-segments) and `aggregate_stats`, and prints each operator group's share of the summed operator time. Bort's shape,
+segments), reads the Chrome trace, and prints each operator group's share of the summed operator time. Bort's shape,
 random weights, every sequence full length, our inference settings (NaiveEngine; `--omp_wait` as in
 scripts/benchmark_inference.py). Shares, not absolute profiler times, are what to compare: the profiler adds its
 own cost per operator.
@@ -13,7 +13,9 @@ own cost per operator.
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,19 +26,39 @@ GROUPS = (
     ("add + layer norm (Bort's fused op)", lambda op: op == "bort_add_layer_norm"),
     ("LayerNorm", lambda op: op == "LayerNorm"),
     ("residual and bias adds", lambda op: op in ("elemwise_add", "broadcast_add", "_plus", "_Plus")),
-    ("attention (QK, value) + softmax", lambda op: "selfatt" in op or op == "softmax"),
+    ("attention (QK, value) + softmax", lambda op: "selfatt" in op or "softmax" in op),
     ("quantize / dequantize", lambda op: "quantize" in op),
     ("GELU (fp32 only)", lambda op: op in ("LeakyReLU", "Activation")),
 )
 OTHER = "embeddings, masks, reshapes, arange_like"
 NOT_OPERATORS = ("DeleteVariable", "WaitForVar", "CopyCPU2CPU")
+EVENT = re.compile(r'"name":\s*"([^"]+)",\s*"cat":\s*"operator",\s*"ph":\s*"([BE])",\s*"ts":\s*(\d+)')
 
 
 def group_of(op):
     return next((name for name, test in GROUPS if test(op)), OTHER)
 
 
-def profile(encoder, ids, valid, calls):
+def operator_times(trace_text):
+    """{operator: (total ms, count)} from MXNet's Chrome trace. The profiler records most operators twice, as two
+    nested begin/end pairs (Bort's masked softmax once), so the time per operator name is the union of its
+    intervals: nested or touching records of one name count once."""
+    events = sorted((int(ts), ph == "E", name) for name, ph, ts in EVENT.findall(trace_text))
+    depth, start, totals = {}, {}, {}
+    for ts, is_end, name in events:
+        if not is_end:
+            if depth.get(name, 0) == 0:
+                start[name] = ts
+            depth[name] = depth.get(name, 0) + 1
+        elif depth.get(name, 0) > 0:
+            depth[name] -= 1
+            if depth[name] == 0:
+                ms, count = totals.get(name, (0.0, 0))
+                totals[name] = (ms + (ts - start[name]) / 1e3, count + 1)
+    return totals
+
+
+def profile(encoder, ids, valid, calls, trace_path):
     import mxnet as mx
 
     encoder(ids, valid).wait_to_read()
@@ -46,20 +68,24 @@ def profile(encoder, ids, valid, calls):
         encoder(ids, valid).wait_to_read()
         times.append(time.perf_counter() - start)
     mx.profiler.set_config(profile_symbolic=True, profile_imperative=True, profile_memory=False, profile_api=False,
-                           aggregate_stats=True)
+                           filename=trace_path)
     mx.profiler.set_state("run")
     for _ in range(calls):
         encoder(ids, valid).wait_to_read()
     mx.profiler.set_state("stop")
-    stats = json.loads(mx.profiler.dumps(reset=True, format="json"))["Time"].get("operator", {})
-    ops = {op: s["Total"] for op, s in stats.items() if op not in NOT_OPERATORS}
+    mx.profiler.dump(finished=False)
+    with open(trace_path) as handle:
+        stats = operator_times(handle.read())
+    os.remove(trace_path)
+    ops = {op: ms for op, (ms, _) in stats.items() if op not in NOT_OPERATORS}
     total = sum(ops.values()) or 1.0
     groups = {}
     for op, ms in ops.items():
         groups[group_of(op)] = groups.get(group_of(op), 0.0) + ms / total
     return {"median_ms": 1e3 * sorted(times)[len(times) // 2], "min_ms": 1e3 * min(times),
-            "group_share": groups, "operator_share": {op: ms / total for op, ms in ops.items()},
-            "operator_counts": {op: s["Count"] for op, s in stats.items() if op not in NOT_OPERATORS}}
+            "profiled_operator_ms_per_call": total / calls, "group_share": groups,
+            "operator_share": {op: ms / total for op, ms in ops.items()},
+            "operators_per_call": {op: count / calls for op, (_, count) in stats.items() if op not in NOT_OPERATORS}}
 
 
 def main(argv=None):
@@ -95,6 +121,7 @@ def main(argv=None):
               np.full((8,), args.seq_len, np.float32)) for _ in range(4)]
     load_before = os.getloadavg()
     rows = []
+    tmp = tempfile.mkdtemp(prefix="bort_profile_")
     for mode in args.modes:
         for native in args.native_ops:
             encoder = prepare(model, mode, calib_batches=calib, native_ops=None if native == "on" else False)
@@ -104,10 +131,12 @@ def main(argv=None):
             for batch in args.batch_sizes:
                 ids = rng.randint(5, config.vocab_size, size=(batch, args.seq_len)).astype(np.float32)
                 valid = np.full((batch,), args.seq_len, np.float32)
+                trace = os.path.join(tmp, f"{mode}_{native}_{batch}.json")
                 rows.append(dict(mode=mode, native_ops=native, batch=batch, seq=args.seq_len,
-                                 **profile(encoder, ids, valid, args.calls)))
+                                 **profile(encoder, ids, valid, args.calls, trace)))
                 print(f"{mode:5s} native={native:3s} b{batch:<3d} {rows[-1]['median_ms']:8.2f} ms/call",
                       file=sys.stderr)
+    os.rmdir(tmp)
     report = {"model": args.model, "threads": threads, "mxnet_engine": engine, "omp_wait": omp_wait,
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "calls": args.calls,
               "rows": rows}
