@@ -27,7 +27,7 @@ import mxnet as mx
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "bort_ops.cc")
-OPERATORS = ("bort_add_layer_norm", "bort_masked_softmax")
+OPERATORS = ("bort_add_layer_norm", "bort_masked_softmax", "bort_pad_last")
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
 _state = {}  # "loaded": bool once load() ran in this process, "path": the library loaded
 

@@ -1,5 +1,6 @@
 """Bort's C++ operator library (bort.native_ops): the fused add + layer norm equals MXNet's LayerNorm(x + r), the
-masked softmax equals MXNet's softmax of the padding-biased scores, every inference mode gives the same answer with it as without it, and without a compiler everything falls back
+masked softmax equals MXNet's softmax of the padding-biased scores, zero-padded GEMM inputs change nothing, every
+inference mode gives the same answer with it as without it, and without a compiler everything falls back
 to MXNet's operators with one logged line."""
 import os
 import subprocess
@@ -132,6 +133,35 @@ def test_every_mode_agrees_with_and_without_native_ops(loaded, name, mode):
     assert "bort_masked_softmax" in graph and '"softmax"' not in graph
     a, b = native(ids, valid).asnumpy(), stock(ids, valid).asnumpy()
     assert np.abs(a - b).max() <= AGREEMENT[mode] * np.abs(b).max() + 1e-6, mode
+
+
+@pytest.mark.parametrize("mode", ["fp32", "int8"])
+def test_padded_gemm_inputs_change_nothing(loaded, mode):
+    """Widths that are multiples of 512 get zero columns in float32 modes (bort_pad_last + padded weights)."""
+    mx.random.seed(4)
+    config = get_config("bort_tiny", units=512, embed_size=512, hidden_size=1024, num_heads=8, num_layers=1,
+                        vocab_size=500)
+    model = build_model(config, use_decoder=False)
+    rng = np.random.RandomState(5)
+    ids = rng.randint(3, config.vocab_size, size=(2, 16)).astype(np.float32)
+    valid = np.array([16, 9], np.float32)
+    ref = model(mx.nd.array(ids), mx.nd.array(valid)).asnumpy()
+    encoder = prepare(model, mode, calib_batches=[(ids, valid)] * 4)
+    graph = encoder.net._cached_graph[1].tojson()
+    assert graph.count('"bort_pad_last"') == (4 if mode == "fp32" else 0)  # QKV, projection, FFN 1 and 2
+    out = encoder(ids, valid).asnumpy()
+    tolerance = {"fp32": 1e-5, "int8": 5e-2}[mode]
+    assert np.abs(out - ref).max() <= tolerance * np.abs(ref).max()
+
+
+def test_pad_last_appends_zero_columns(loaded):
+    x = mx.nd.array(np.random.RandomState(0).normal(size=(3, 5, 7)))
+    got = mx.nd.bort_pad_last(x, pad=9).asnumpy()
+    assert got.shape == (3, 5, 16)
+    np.testing.assert_array_equal(got[..., :7], x.asnumpy())
+    assert not got[..., 7:].any()
+    big = mx.nd.ones((64, 8, 1024))  # the multi-threaded path
+    assert mx.nd.bort_pad_last(big, pad=16).sum().asscalar() == 64 * 8 * 1024
 
 
 def _in_child(code, **env_extra):
