@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -76,7 +77,7 @@ def profile(encoder, ids, valid, calls, trace_path):
     mx.profiler.dump(finished=False)
     with open(trace_path) as handle:
         stats = operator_times(handle.read())
-    os.remove(trace_path)
+
     ops = {op: ms for op, (ms, _) in stats.items() if op not in NOT_OPERATORS}
     total = sum(ops.values()) or 1.0
     groups = {}
@@ -136,7 +137,7 @@ def main(argv=None):
                                  **profile(encoder, ids, valid, args.calls, trace)))
                 print(f"{mode:5s} native={native:3s} b{batch:<3d} {rows[-1]['median_ms']:8.2f} ms/call",
                       file=sys.stderr)
-    os.rmdir(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # the profiler may reopen a trace file after it was read
     report = {"model": args.model, "threads": threads, "mxnet_engine": engine, "omp_wait": omp_wait,
               "load_average_before": load_before, "load_average_after": os.getloadavg(), "calls": args.calls,
               "rows": rows}

@@ -17,6 +17,7 @@
 //
 // Built by bort/native_ops.py (g++ -O3 -fopenmp). The row kernel is compiled for AVX-512, AVX2 and plain x86-64
 // (GCC target_clones, picked at load time by the CPU), so one build runs on any x86-64 machine.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -146,8 +147,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs, std::ve
 // exp(x) for x <= 0 (scores minus their row maximum): Cephes' expf (range reduction by ln 2, degree-6
 // polynomial, relative error ~1e-7) in plain arithmetic, so the row loop vectorizes without libmvec.
 __attribute__((always_inline)) inline float exp_nonpositive(float x) {
-  x = x < -87.f ? -87.f : x;
-  const int32_t minus_n = static_cast<int32_t>(0.5f - x * 1.44269504088896341f);  // n = round(x / ln 2) <= 0
+  // n = round(x / ln 2) in [-126, 0]; below -87 (e^x < 2^-126) the result is 0. Clamping n and masking the scale
+  // keep the loop branch-free (a clamp of x, or a select of 0, let GCC branch to a constant and not vectorize).
+  const int32_t minus_n = std::min(static_cast<int32_t>(0.5f - x * 1.44269504088896341f), 126);
   const float n = static_cast<float>(-minus_n);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -157,10 +159,8 @@ __attribute__((always_inline)) inline float exp_nonpositive(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.f;
-  const int32_t bits = (127 - minus_n) << 23;  // 2^n, n in [-126, 0]
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  const int32_t keep = -static_cast<int32_t>(x >= -87.f);  // all ones, or 0 below -87: 2^n as +0.0
+  return p * __builtin_bit_cast(float, ((127 - minus_n) << 23) & keep);  // times 2^n
 }
 
 // One score row: y[k] = exp(s[k] - max) / sum over the first `valid` keys, 0 after them.
