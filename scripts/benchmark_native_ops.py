@@ -77,8 +77,8 @@ def main(argv=None):
                               "mxnet": lambda: mx.nd.FullyConnected(data[units], weight[units], bias_fc,
                                                                     num_hidden=out)}, max(20, args.repeats // 10))
             flops = 2 * length * batch * units * out
-            rows.append({"op": "fp32 GEMM, input width 1040 (native) vs 1024", "shape": f"{length * batch}x{units}x{out}",
-                         **t, "gflops_native": flops / t["native"] / 1e9, "gflops_mxnet": flops / t["mxnet"] / 1e9})
+            rows.append({"op": "fp32 GEMM, input width 1040 (native) vs 1024",
+                         "shape": f"{length * batch}x{units}x{out}", **t, "gflops_native": flops / t["native"] / 1e9, "gflops_mxnet": flops / t["mxnet"] / 1e9})
     report = {"threads": threads, "mxnet_engine": engine, "omp_wait": omp_wait, "load_average_before": load_before,
               "load_average_after": os.getloadavg(), "rows": rows}
     print(f"threads={threads} engine={engine} omp_wait={omp_wait} load before="
