@@ -41,8 +41,8 @@ class FastEncoder(HybridBlock):
     `native_ops`: use Bort's fused add + layer norm and masked softmax (`bort.native_ops.load()` must have
     succeeded). `pad_gemm_inputs` (with `native_ops`): give fully-connected layers whose input width is a multiple
     of 512 that many zero columns more (`bort_pad_last`, weights padded to match); oneDNN's float32 GEMM runs
-    1.6x faster at 128 rows with a 1040- than with a 1024-float row stride (see `PAD_COLUMNS`); INT8 and bf16 GEMMs
-    ran 1-8 % slower with it, so `bort.inference` pads float32 modes only.
+    1.6x faster at 128 rows with a 1040- than with a 1024-float row stride (see `PAD_COLUMNS`); INT8 and bf16 encoders
+    ran 1-9 % slower with it, so `bort.inference` pads float32 modes only.
     Call as `net(inputs, valid_length)` or, for configs with token types, `net(inputs, valid_length, token_types)`;
     all inputs may be float32 (ids are cast inside). Returns (batch, length, units).
     """
