@@ -15,7 +15,7 @@
 // input and the weight change nothing in the result).
 // Float32 only, forward only (inference): the backward reports an error if it is ever run.
 //
-// Built by bort/native_ops.py (g++ -O3 -fopenmp). The row kernel is compiled for AVX-512, AVX2 and plain x86-64
+// Built by bort/native_ops.py (g++ -O3 -fopenmp). The row kernels are compiled for AVX-512, AVX2 and plain x86-64
 // (GCC target_clones, picked at load time by the CPU), so one build runs on any x86-64 machine.
 #include <algorithm>
 #include <cmath>
