@@ -13,6 +13,7 @@ rebuilds and concurrent builders never see a half-written file (build to a tempo
 Without a compiler, or when the build or load fails, `load()` logs one line and returns False, and callers use
 MXNet's own operators. `BORT_NATIVE_OPS=0` turns the library off (the stock-operator baseline).
 """
+import contextlib
 import hashlib
 import logging
 import os
@@ -117,13 +118,32 @@ def load():
     if path is None:
         return False
     try:
-        mx.library.load(path, verbose=False)
+        with _keep_bound_operators():
+            mx.library.load(path, verbose=False)
     except Exception as err:  # MXNetError or OSError: an incompatible MXNet must not stop inference
         log.warning("bort native ops: loading %s failed (%s); using MXNet's operators", path,
                     str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__)
         return False
     _state["loaded"], _state["path"] = True, path
     return True
+
+
+@contextlib.contextmanager
+def _keep_bound_operators():
+    """`mx.library.load` regenerates every operator function of mx.nd / mx.sym (and their submodules); a function
+    someone replaced before (bort.precision's CPU float16 wrappers) would silently be undone. Put back every
+    attribute that existed before, so loading only adds Bort's operators."""
+    prefixes = ("mxnet.ndarray", "mxnet.symbol")
+    modules = {name: module for name, module in list(sys.modules.items())
+               if module is not None and name.startswith(prefixes)}
+    before = {name: dict(vars(module)) for name, module in modules.items()}
+    try:
+        yield
+    finally:
+        for name, module in modules.items():
+            for attr, value in before[name].items():
+                if getattr(module, attr, None) is not value:
+                    setattr(module, attr, value)
 
 
 def main():

@@ -209,6 +209,21 @@ def test_env_switch_turns_the_library_off(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_loading_keeps_operator_functions_replaced_before(loaded):
+    """mx.library.load regenerates mx.nd/mx.sym; bort.precision's CPU float16 wrappers (and any other replaced
+    operator function) must survive it, and Bort's operators must still be added."""
+    code = ("import mxnet as mx\n"
+            "def mine(*a, **k): return 'mine'\n"
+            "mx.nd.FullyConnected = mine; mx.sym.FullyConnected = mine; mx.nd.contrib.arange_like = mine\n"
+            "from bort import native_ops\n"
+            "assert native_ops.load()\n"
+            "print(mx.nd.FullyConnected is mine, mx.sym.FullyConnected is mine, mx.nd.contrib.arange_like is mine,\n"
+            "      hasattr(mx.nd, 'bort_add_layer_norm'), hasattr(mx.sym, 'bort_masked_softmax'))\n")
+    proc = _in_child(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True"] * 5
+
+
 def test_build_goes_to_the_cache_once(loaded, tmp_path):
     code = ("from bort import native_ops; import os\n"
             "p = native_ops.build(); print(p, os.path.getmtime(p))\n")
