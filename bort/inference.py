@@ -9,6 +9,9 @@ Modes (all built from a `BortModel`, whose parameters they copy; see `bort.fast_
 - ``int8``   post-training INT8 quantization (MXNet's `quantize_net_v2`, oneDNN backend), calibrated on batches
              the caller provides (a few hundred task sentences).
 
+Layer norms run as Bort's fused add + layer norm C++ operator (`bort.native_ops`) in every mode when it builds
+and loads; `native_ops=False` (or BORT_NATIVE_OPS=0) keeps MXNet's own operators.
+
 Every mode returns float32 hidden states (batch, length, units) for `(ids, valid_length[, token_types])`.
 `bucket_order`/`predict_bucketed` sort inputs by length so short sentences are not padded to the longest.
 """
@@ -23,6 +26,7 @@ from .fast_encoder import FastEncoder
 
 MODES = ("fp32", "fused", "bf16", "int8")
 ATTENTION_OPS = ("_contrib_interleaved_matmul_selfatt_qk", "_contrib_interleaved_matmul_selfatt_valatt")
+FLOAT32_ONLY_OPS = ATTENTION_OPS + ("bort_add_layer_norm", "bort_masked_softmax")  # CPU kernels without bfloat16
 log = logging.getLogger(__name__)
 
 
@@ -50,24 +54,27 @@ def _as_inputs(batch, config):
 class InferenceEncoder:
     """A prepared encoder: call with (ids, valid_length[, token_types]) → float32 (batch, length, units)."""
 
-    def __init__(self, net, mode, config):
-        self.net, self.mode, self.config = net, mode, config
+    def __init__(self, net, mode, config, native_ops=False):
+        self.net, self.mode, self.config, self.native_ops = net, mode, config, native_ops
 
     def __call__(self, ids, valid_length, token_types=None):
         out = self.net(*_as_inputs((ids, valid_length, token_types), self.config))
         return out if out.dtype == np.float32 else out.astype("float32")
 
 
-def prepare(model, mode="fp32", calib_batches=None, calib_mode="naive", example=None):
+def prepare(model, mode="fp32", calib_batches=None, calib_mode="naive", example=None, native_ops=None):
     """Build the inference encoder for `mode` from a `BortModel` (its parameters are copied).
 
     `calib_batches`: for ``int8``, an iterable of (ids, valid_length[, token_types]) batches of one shape,
     ideally a few hundred real sentences. `example`: inputs used to trace the graph (default: a tiny batch).
+    `native_ops`: None uses Bort's fused layer-norm operator when it is available, False MXNet's LayerNorm.
     """
     if mode not in MODES:
         raise BortError(f"inference: unknown mode {mode!r}; expected one of {list(MODES)}")
     config = model.config
-    net = FastEncoder.from_model(model)
+    # padded GEMM inputs speed up oneDNN's float32 GEMM (FastEncoder); the INT8 and bf16 ones run slower with them
+    net = FastEncoder.from_model(model, native_ops=native_ops, pad_gemm_inputs=mode in ("fp32", "fused"))
+    uses_native = net.native_ops
     net.hybridize(static_alloc=True, static_shape=True)
     example = _as_inputs(example, config) if example is not None else _example_inputs(config)
     net(*example)
@@ -77,7 +84,7 @@ def prepare(model, mode="fp32", calib_batches=None, calib_mode="naive", example=
         net = _to_bf16(net)
     elif mode == "int8":
         net = _to_int8(net, config, calib_batches, calib_mode)
-    return InferenceEncoder(net, mode, config)
+    return InferenceEncoder(net, mode, config, native_ops=uses_native)
 
 
 def _to_bf16(net):
@@ -85,8 +92,9 @@ def _to_bf16(net):
     from mxnet.contrib.amp.lists import symbol_bf16
 
     # MXNet 1.9's bf16 lists omit the fused attention ops, whose CPU kernels are float32 only; without an entry
-    # AMP feeds them a bf16 projection and a float32 softmax and stops ("Incompatible attr"). Run them in float32.
-    for op in ATTENTION_OPS:
+    # AMP feeds them a bf16 projection and a float32 softmax and stops ("Incompatible attr"). Run them (and Bort's
+    # own float32 layer norm) in float32.
+    for op in FLOAT32_ONLY_OPS:
         if op not in symbol_bf16.FP32_FUNCS:
             symbol_bf16.FP32_FUNCS.append(op)
     converted = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu(), cast_optional_params=True)

@@ -58,7 +58,8 @@ class Worker:
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
         self.framework = framework
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.environ["OMP_NUM_THREADS"]))
-        if args.omp_wait == "passive":  # every peer alike: OpenMP (ours, PyTorch) sleeps, ORT's pool does not spin
+        wait = args.ort_wait if framework == "ort" and args.ort_wait != "same" else args.omp_wait
+        if wait == "passive":  # OpenMP (ours, PyTorch) sleeps, ORT's pool does not spin
             env["OMP_WAIT_POLICY"] = "PASSIVE"
         if framework == "mxnet":
             from bort.runtime import ENGINES
@@ -154,7 +155,7 @@ def run_benchmark(args):
     return {"grid": {"models": args.models, "batch_sizes": args.batch_sizes, "seq_lens": args.seq_lens,
                      "rounds": args.rounds, "repeats": args.repeats},
             "threads": int(args.threads or os.environ["OMP_NUM_THREADS"]), "mxnet_engine": args.engine,
-            "omp_wait": args.omp_wait, "cpu": cpu_model(),
+            "omp_wait": args.omp_wait, "ort_wait": args.ort_wait, "cpu": cpu_model(),
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(), "matmul_peak_gflops": peaks, "checks": checks,
             "results": results, "ratios": ratios(results), "goals": goals(results, checks)}
@@ -222,7 +223,7 @@ def goals(results, checks):
 
 def print_table(report):
     print(f"cpu={report.get('cpu')} threads={report['threads']} mxnet engine={report.get('mxnet_engine')} "
-          f"omp_wait={report.get('omp_wait')} "
+          f"omp_wait={report.get('omp_wait')} ort_wait={report.get('ort_wait', 'same')} "
           f"load(1,5,15 min) before={report['load_average_before']} "
           f"after={tuple(round(x, 2) for x in report['load_average_after'])} "
           f"fp32 matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["matmul_peak_gflops"].items()))
@@ -275,6 +276,9 @@ def main(argv=None):
     parser.add_argument("--omp_wait", default="auto", choices=("auto", "active", "passive"),
                         help="OpenMP wait policy of the MXNet and PyTorch workers (bort.runtime.configure_omp_wait): "
                              "auto is passive when the load average exceeds the cores at the start")
+    parser.add_argument("--ort_wait", default="same", choices=("same", "active", "passive"),
+                        help="ONNX Runtime's own wait policy (spinning on or off) when it should differ from "
+                             "--omp_wait: on the 2-core AMD host ORT ran faster without spinning on a quiet machine")
     parser.add_argument("--output", default="benchmark_inference.json")
     parser.add_argument("--worker", choices=("mxnet", "torch", "ort", "ort_export"), help=argparse.SUPPRESS)
     parser.add_argument("--export_dir", help=argparse.SUPPRESS)

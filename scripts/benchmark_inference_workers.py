@@ -15,7 +15,9 @@ import time
 BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_inference.py")
 
 MODELS = {"bort": "bort_4_8_768_1024", "bert_base": "bert_12_768_12", "roberta_large": "roberta_24_1024_16"}
-OUR_MODES = ("gluon", "fp32", "fused", "bf16", "int8")  # gluon: the plain BortModel (gluon-nlp blocks), fp32
+# gluon: the plain BortModel (gluon-nlp blocks), fp32; <mode>_stock: <mode> with MXNet's LayerNorm instead of
+# Bort's fused add + layer norm operator (bort.native_ops), the baseline of that operator
+OUR_MODES = ("gluon", "fp32", "fused", "bf16", "int8", "fp32_stock", "fused_stock", "bf16_stock", "int8_stock")
 TORCH_MODES = ("fp32", "bf16", "int8")
 ORT_MODES = ("fp32", "opt_fp32", "int8", "opt_int8")
 CHECK_BATCH, CHECK_SEQ, NUM_CLASSES = 4, 128, 3
@@ -84,9 +86,13 @@ def mxnet_worker(args):
             model.hybridize(static_alloc=True, static_shape=True)
             nets[mode] = lambda ids, valid, m=model: m(ids, valid)
         else:
-            nets[mode] = prepare(model, mode, calib_batches=calib, calib_mode=args.calib_mode)
+            stock = mode.endswith("_stock")
+            nets[mode] = prepare(model, mode[:-len("_stock")] if stock else mode, calib_batches=calib,
+                                 calib_mode=args.calib_mode, native_ops=False if stock else None)
+            if not stock and not nets[mode].native_ops:
+                log(f"[mxnet {args.model}] {mode}: Bort's native operators did not load; timing MXNet's LayerNorm")
         out = nets[mode](mx.nd.array(check[0]), mx.nd.array(check[1])).astype("float32").asnumpy()
-        checks[mode] = agreement(out, ref, check[1], head)
+        checks[mode] = dict(agreement(out, ref, check[1], head), native_ops=getattr(nets[mode], "native_ops", False))
         log(f"[mxnet {args.model}] {mode} ready in {time.time() - start:.1f}s: {checks[mode]}")
     peak = matmul_peak_mxnet(mx)
 

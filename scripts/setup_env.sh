@@ -40,5 +40,8 @@ if [ "${BORT_NO_HOROVOD:-0}" != 1 ] && ! "$venv/bin/python" -c "import horovod.m
   fi
   $pip install -q --no-deps "$cache"/horovod-*.whl
 fi
+# Bort's C++ inference operators (bort/native_ops.py): built once into ~/.cache/bort/native_ops; without a compiler
+# this prints a line and inference uses MXNet's own operators (the library is also built on first use).
+(cd "$repo" && "$venv/bin/python" -m bort.native_ops) || echo "[setup] bort native ops not built (optional)" >&2
 echo "$want" > "$stamp"
 echo "[setup] ready: $venv" >&2

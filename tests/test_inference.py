@@ -285,6 +285,27 @@ def test_goal_rows_pick_the_fastest_accurate_mode_and_the_fastest_peer():
     assert fp32["speedup"] == pytest.approx(0.9) and fp32["met"] is False
 
 
+def test_profile_counts_each_operator_once_per_call(tmp_path):
+    """scripts/profile_inference.py reads MXNet's trace, where most operators are recorded twice (nested): the
+    operator counts per call must equal the graph's nodes, and the group shares must add up to one."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "profile.json"
+    proc = subprocess.run([sys.executable, "scripts/profile_inference.py", "--model", "bort_tiny", "--modes", "fp32",
+                           "--batch_sizes", "2", "--seq_len", "16", "--calls", "3", "--native_ops", "off",
+                           "--output", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    per_call = row["operators_per_call"]
+    # bort_tiny: 2 layers of 4 fully-connected layers (adjacent ones may touch and merge: at most 8), 5 layer norms
+    assert per_call["LayerNorm"] == 5 and per_call["softmax"] == 2 and per_call["LeakyReLU"] == 2
+    assert 4 <= per_call["FullyConnected"] <= 8
+    assert sum(row["group_share"].values()) == pytest.approx(1.0)
+    assert "LayerNorm" in proc.stdout and "ms per call" in proc.stdout
+
+
 @pytest.mark.slow
 def test_ort_peer_matches_the_pytorch_model():
     """The ONNX export the benchmark times computes what the HF PyTorch model computes (tiny config)."""
