@@ -9,8 +9,9 @@ Modes (all built from a `BortModel`, whose parameters they copy; see `bort.fast_
 - ``int8``   post-training INT8 quantization (MXNet's `quantize_net_v2`, oneDNN backend), calibrated on batches
              the caller provides (a few hundred task sentences).
 
-Layer norms run as Bort's fused add + layer norm C++ operator (`bort.native_ops`) in every mode when it builds
-and loads; `native_ops=False` (or BORT_NATIVE_OPS=0) keeps MXNet's own operators.
+Layer norms (with their residual add) and the padding-masked softmax run as Bort's C++ operators
+(`bort.native_ops`) in every mode when the library builds and loads; `native_ops=False` (or BORT_NATIVE_OPS=0)
+keeps MXNet's own operators.
 
 Every mode returns float32 hidden states (batch, length, units) for `(ids, valid_length[, token_types])`.
 `bucket_order`/`predict_bucketed` sort inputs by length so short sentences are not padded to the longest.
@@ -67,7 +68,7 @@ def prepare(model, mode="fp32", calib_batches=None, calib_mode="naive", example=
 
     `calib_batches`: for ``int8``, an iterable of (ids, valid_length[, token_types]) batches of one shape,
     ideally a few hundred real sentences. `example`: inputs used to trace the graph (default: a tiny batch).
-    `native_ops`: None uses Bort's fused layer-norm operator when it is available, False MXNet's LayerNorm.
+    `native_ops`: None uses Bort's C++ operators when they are available, False MXNet's own operators.
     """
     if mode not in MODES:
         raise BortError(f"inference: unknown mode {mode!r}; expected one of {list(MODES)}")

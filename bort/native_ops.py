@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "bort_ops.cc")
 OPERATORS = ("bort_add_layer_norm", "bort_masked_softmax", "bort_pad_last")
 CXXFLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp")
-_state = {}  # "loaded": bool once load() ran in this process, "path": the library loaded
+_state = {}  # "loaded": bool once load() ran in this process
 
 
 def enabled_by_env():
@@ -124,7 +124,7 @@ def load():
         log.warning("bort native ops: loading %s failed (%s); using MXNet's operators", path,
                     str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__)
         return False
-    _state["loaded"], _state["path"] = True, path
+    _state["loaded"] = True
     return True
 
 
