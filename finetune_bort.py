@@ -5,7 +5,7 @@
     python finetune_bort.py --task_name MRPC --only_inference --model_parameters output_dir/model_bort_MRPC.params
 
 Flags and defaults are the original's; see the README ('Fine-tuning'), docs/differences-finetuning.md and
-bort/finetune.py. Every flag of the original's finetune_bort.py parses; its data-location flags
+bort/finetune/loop.py. Every flag of the original's finetune_bort.py parses; its data-location flags
 (--multirc_test_location, --record_test_location, --record_dev_location, --race_dataset_location) are mapped onto
 --data_dir.
 """
@@ -15,8 +15,8 @@ import os
 
 import bort  # noqa: F401  (before mxnet)
 from bort.errors import BortError, run_cli
-from bort.tasks import get_task, task_names
-from bort.tokenizer import add_tokenizer_args, tokenizer_from_args
+from bort.finetune.tasks import get_task, task_names
+from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 
 
 def get_parser():
@@ -135,7 +135,7 @@ def main(argv=None):
     args = apply_location_flags(get_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
-    from bort.finetune import check_model_files, run
+    from bort.finetune.loop import check_model_files, run
     from bort.locking import release_directory
 
     check_model_files(args)

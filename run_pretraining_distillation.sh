@@ -82,7 +82,7 @@ if [ "$TRAIN_DATA" = "TEST" ]; then
     mkdir -p "$RUN_DIR"
     # The sample text's vocabulary (the bundled one when it was made from this text, else one trained on it), and a
     # sequence length that holds most of its lines whole (32 for the bundled text).
-    SEQ_LEN=$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bort.bpe_train --print_seq_length \
+    SEQ_LEN=$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bort.text.bpe_train --print_seq_length \
         --input "$HERE/test_data/sample_text.txt" --output_dir "$RUN_DIR/vocab" --bundled "$HERE/test_data/vocab")
     VOCAB=(--vocab_json "$RUN_DIR/vocab/vocab.json" --merges "$RUN_DIR/vocab/merges.txt")
     # Training shards (one per process) and held-out maskings of the same text for evaluation.

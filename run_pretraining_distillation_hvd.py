@@ -5,7 +5,7 @@
         --distillation_temperature 2.0 --mlm_weight 0.1 --batch_size 1024 --use_avg_len --num_buckets 20
 
 Without horovodrun the same command runs as one process. Flags and defaults follow the original script
-(alexa/bort); see README, "Pretraining by distillation". The work is done by bort.pretraining.
+(alexa/bort); see README, "Pretraining by distillation". The work is done by bort.pretrain.loop.
 """
 import argparse
 import dataclasses
@@ -14,8 +14,8 @@ import logging
 
 import bort  # noqa: F401  (before mxnet: thread settings)
 from bort.errors import run_cli
-from bort.pretraining import PretrainConfig, preflight, pretrain, write_summary
-from bort.training import Distributed
+from bort.pretrain.loop import PretrainConfig, preflight, pretrain, write_summary
+from bort.train.optim import Distributed
 
 D = PretrainConfig()
 
@@ -111,12 +111,12 @@ def build_parser():
 
 def check_pretraining_inputs(config, dist):
     """Shards that fit the student (data.pretraining_format), and with `dist` one run per --ckpt_dir (bort.locking)."""
-    from bort.checkpoint import read_config
+    from bort.weights.checkpoint import read_config
     from bort.locking import hold_directory
     from bort.model import get_config
     from data.pretraining_format import check_shards_fit, list_shards
 
-    from bort.store import student_params_path
+    from bort.weights.store import student_params_path
 
     params_path = student_params_path(config.student_params, config.pretrained)  # a file or the original's layout
     student = read_config(params_path, config.model) if params_path else get_config(config.model)

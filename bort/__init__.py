@@ -4,7 +4,7 @@ Importing this package sets OMP_NUM_THREADS to the cores this process may use wh
 already. MXNet reads it once, at import, and left to itself ran Bort at half speed on 2-core hosts,
 so `import bort` must come before `import mxnet` in entry points.
 """
-from .runtime import configure_threads
+from bort.runtime import configure_threads
 
 configure_threads()
 

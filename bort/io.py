@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 
-from .errors import BortError
+from bort.errors import BortError
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 

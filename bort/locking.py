@@ -20,8 +20,8 @@ import os
 import shutil
 import socket
 
-from .errors import BortError
-from .io import file_sha256
+from bort.errors import BortError
+from bort.io import file_sha256
 
 LOCK_NAME = ".bort.lock"
 RESULT_NAME = "result.json"

@@ -16,8 +16,8 @@ import mxnet as mx
 from gluonnlp.model.bert import BERTEncoder
 from mxnet.gluon import HybridBlock, nn
 
-from .errors import BortError
-from .io import read_json
+from bort.errors import BortError
+from bort.io import read_json
 
 ROBERTA_VOCAB_SIZE = 50265
 
@@ -244,6 +244,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .errors import run_cli
+    from bort.errors import run_cli
 
     run_cli(main)()

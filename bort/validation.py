@@ -4,7 +4,7 @@ so none of these would fail by itself: each one turns a silent mistake into a on
 """
 import os
 
-from .errors import BortError
+from bort.errors import BortError
 
 MIN_MAX_LEN = 8
 DEFAULT_MAX_LEN = 512  # the original's --max_len
@@ -27,9 +27,9 @@ def check_vocab_matches(config, tokenizer, source):
 
 
 def _config_beside(params_path, fallback):
-    """The config JSON beside a parameter file, else `fallback` (the rule of bort.checkpoint.read_config, which
+    """The config JSON beside a parameter file, else `fallback` (the rule of bort.weights.checkpoint.read_config, which
     imports this module)."""
-    from .model import get_config  # noqa: PLC0415 - keeps this module free of mxnet at import
+    from bort.model import get_config  # noqa: PLC0415 - keeps this module free of mxnet at import
 
     path = os.path.splitext(params_path)[0] + ".json"
     return get_config(path) if os.path.isfile(path) else get_config(fallback)
@@ -41,7 +41,7 @@ def finetune_model_config(args, tokenizer):
         return _config_beside(args.model_parameters, args.model_config), args.model_parameters
     source = args.pretrained_parameters
     if not source or source.lower() == "none":
-        from .model import get_config  # noqa: PLC0415
+        from bort.model import get_config  # noqa: PLC0415
 
         return get_config(args.model_config, vocab_size=tokenizer.vocab_size), f"--model_config {args.model_config}"
     if os.path.isfile(source):

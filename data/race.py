@@ -13,7 +13,7 @@ from bort.errors import BortError
 
 from bort.io import read_text
 
-from .glue import default_data_dir
+from data.glue import default_data_dir
 
 LEVELS = {"RACE-M": ("middle",), "RACE-H": ("high",), "RACE": ("middle", "high")}
 LETTERS = "ABCD"

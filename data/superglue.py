@@ -25,7 +25,7 @@ from bort.errors import BortError
 
 from bort.io import read_jsonl
 
-from .glue import default_data_dir, find_file
+from data.glue import default_data_dir, find_file
 
 SUPERGLUE_DIRS = {  # the original's directory names under $MXNET_HOME/datasets
     "BoolQ": "superglue_boolq", "CB": "superglue_cb", "COPA": "superglue_copa", "MultiRC": "superglue_multirc",

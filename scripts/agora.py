@@ -14,12 +14,11 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bort  # noqa: E402,F401
-from bort.agora import inference_command, search, split_finetune_flags  # noqa: E402
-from bort.augment import GENERATORS  # noqa: E402
-from bort.errors import BortError, run_cli  # noqa: E402
+from bort.agora.grid import inference_command, search, split_finetune_flags
+from bort.agora.generators import GENERATORS
+from bort.errors import BortError, run_cli
 
 
 def parse_args(argv):
@@ -69,7 +68,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     if args.algorithm == "agora":
-        from bort.agora_rounds import run_agora
+        from bort.agora.rounds import run_agora
 
         result = run_agora(args)
         held = "n/a" if result["heldout_score"] is None else f"{result['heldout_score']:.4f}"

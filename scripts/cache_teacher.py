@@ -11,15 +11,12 @@ See docs/teacher_cache.md for the file format and the loss.
 import argparse
 import json
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bort  # noqa: E402,F401  (before mxnet)
-from bort.errors import run_cli  # noqa: E402
-from bort.teacher_cache import BESIDE, DEFAULT_TOPK, build_cache  # noqa: E402
-from bort.training import Distributed  # noqa: E402
+from bort.errors import run_cli
+from bort.pretrain.teacher_cache import BESIDE, DEFAULT_TOPK, build_cache
+from bort.train.optim import Distributed
 
 
 def build_parser():

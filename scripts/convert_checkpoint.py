@@ -13,13 +13,12 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bort  # noqa: E402,F401  (thread setup before mxnet)
-from bort import convert  # noqa: E402
-from bort.checkpoint import load_arrays, load_parameters, read_config, save_parameters  # noqa: E402
-from bort.errors import run_cli  # noqa: E402
-from bort.model import build_model, get_config  # noqa: E402
+from bort.weights import convert
+from bort.weights.checkpoint import load_arrays, load_parameters, read_config, save_parameters
+from bort.errors import run_cli
+from bort.model import build_model, get_config
 
 
 def parse_args(argv=None):

@@ -7,16 +7,13 @@ The params file's JSON config beside it describes the model; otherwise pass --mo
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import bort  # noqa: E402,F401  (before mxnet)
-from bort.checkpoint import load_model  # noqa: E402
-from bort.errors import run_cli  # noqa: E402
-from bort.pretraining import fill_mask  # noqa: E402
-from bort.tokenizer import add_tokenizer_args, tokenizer_from_args  # noqa: E402
+from bort.weights.checkpoint import load_model
+from bort.errors import run_cli
+from bort.pretrain.loop import fill_mask
+from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Regenerate the small byte-level BPE test vocabulary in test_data/vocab/ from test_data/sample_text.txt.
 
 Development tool only: it trains the merges with HF `tokenizers` (a test-only dependency), then writes the
-vocabulary in both flavours that bort.tokenizer reads:
+vocabulary in both flavours that bort.text.tokenizer reads:
 
 * HF / RoBERTa style: ``vocab.json`` (RoBERTa ids: <s>=0, <pad>=1, </s>=2, <unk>=3, BPE tokens, <mask> last)
   and ``merges.txt``;
@@ -9,7 +9,7 @@ vocabulary in both flavours that bort.tokenizer reads:
   token per merge in rank order; no special tokens), ``vocab.bpe`` (the same merges) and ``dict.txt``
   (``<gpt2_id> <count>`` lines sorted by count on the sample text; RoBERTa id = 4 + line index, <mask> = last);
 * ``SOURCE_SHA256``: the sha256 of the text, so that runs on another sample text train their own vocabulary
-  (bort.bpe_train).
+  (bort.text.bpe_train).
 
 Both flavours therefore give the same RoBERTa ids, and the GPT-2 ids differ from the RoBERTa ids, so the
 mapping between them is exercised by the tests.
@@ -21,12 +21,10 @@ import collections
 import hashlib
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bort.io import atomic_write  # noqa: E402
-from bort.tokenizer import ROBERTA_SPECIALS, bytes_to_unicode  # noqa: E402
+from bort.io import atomic_write
+from bort.text.tokenizer import ROBERTA_SPECIALS, bytes_to_unicode
 
 MERGES_HEADER = "#version: 0.2"
 
@@ -77,7 +75,7 @@ def build(input_file, output_dir, gpt2_vocab_size):
     with atomic_write(os.path.join(output_dir, "dict.txt")) as out:
         for token, gpt2_id in order:
             out.write(f"{gpt2_id} {counts[token]}\n")
-    # bort.bpe_train.ensure_vocab reuses this vocabulary only for the text it was made from.
+    # bort.text.bpe_train.ensure_vocab reuses this vocabulary only for the text it was made from.
     with open(input_file, "rb") as handle, atomic_write(os.path.join(output_dir, "SOURCE_SHA256")) as out:
         out.write(hashlib.sha256(handle.read()).hexdigest() + "\n")
     print(f"wrote {output_dir}: {len(encoder)} GPT-2 tokens ({len(merges)} merges), {len(vocab)} RoBERTa ids")

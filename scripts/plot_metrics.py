@@ -7,12 +7,10 @@ Needs matplotlib (optional dependency: pip install "matplotlib>=3.7,<3.9" "conto
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bort.errors import BortError, run_cli  # noqa: E402
-from bort.io import atomic_path, read_jsonl  # noqa: E402
+from bort.errors import BortError, run_cli
+from bort.io import atomic_path, read_jsonl
 
 DEFAULT_KEYS = ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s")
 

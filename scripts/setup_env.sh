@@ -13,7 +13,7 @@ runtime_req=$repo/requirements.txt
 [ "${BORT_GPU:-0}" = 1 ] && runtime_req=$repo/requirements-gpu.txt
 hvd_version=0.28.1
 stamp=$venv/.bort-stamp
-want=$(cat "$runtime_req" "$repo/requirements-test.txt" "$0" | sha256sum | cut -c1-16)-hvd${BORT_NO_HOROVOD:-0}
+want=$(cat "$runtime_req" "$repo/requirements-test.txt" "$repo/pyproject.toml" "$0" | sha256sum | cut -c1-16)-hvd${BORT_NO_HOROVOD:-0}
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -40,8 +40,10 @@ if [ "${BORT_NO_HOROVOD:-0}" != 1 ] && ! "$venv/bin/python" -c "import horovod.m
   fi
   $pip install -q --no-deps "$cache"/horovod-*.whl
 fi
-# Bort's C++ inference operators (bort/native_ops.py): built once into ~/.cache/bort/native_ops; without a compiler
+# This checkout, in editable mode: `import bort` and `import data` work from anywhere, no path patching.
+$pip install -q --no-deps --no-build-isolation -e "$repo"
+# Bort's C++ inference operators (bort/inference/native_ops.py): built once into ~/.cache/bort/native_ops; without a compiler
 # this prints a line and inference uses MXNet's own operators (the library is also built on first use).
-(cd "$repo" && "$venv/bin/python" -m bort.native_ops) || echo "[setup] bort native ops not built (optional)" >&2
+(cd "$repo" && "$venv/bin/python" -m bort.inference.native_ops) || echo "[setup] bort native ops not built (optional)" >&2
 echo "$want" > "$stamp"
 echo "[setup] ready: $venv" >&2

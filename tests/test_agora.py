@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bort.agora import read_grid, trials
+from bort.agora.grid import read_grid, trials
 from bort.errors import BortError
 
 FINETUNE_ARGS = ["--data_dir", "test_data/glue/WNLI", "--pretrained_parameters", "none", "--model_config",

@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 import finetune_bort
-from bort import augment
-from bort.agora import inference_command
-from bort.agora_data import raw_label, split_dev, write_examples
-from bort.agora_rounds import Labeler, prune
+from bort.agora import generators as augment
+from bort.agora.grid import inference_command
+from bort.agora.data_files import raw_label, split_dev, write_examples
+from bort.agora.rounds import Labeler, prune
 from bort.errors import BortError, run_cli
-from bort.finetune import build_task_model, save_task_checkpoint
-from bort.checkpoint import save_parameters
+from bort.finetune.loop import build_task_model, save_task_checkpoint
+from bort.weights.checkpoint import save_parameters
 from bort.model import build_model, get_config
-from bort.tasks import get_task
-from bort.tokenizer import load_tokenizer
+from bort.finetune.tasks import get_task
+from bort.text.tokenizer import load_tokenizer
 
 VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vocab/merges.txt"]
 STUDENT = ["--pretrained_parameters", "none", "--model_config", "bort_tiny", "--max_len", "32", "--epochs", "2",
@@ -85,7 +85,7 @@ def test_written_task_files_read_back(tmp_path, name, folder):
 
 
 def test_unsupported_tasks_are_refused():
-    from bort.agora_data import check_supported
+    from bort.agora.data_files import check_supported
 
     for name in ("STS-B", "WiC", "MultiRC", "ReCoRD", "RACE"):
         with pytest.raises(BortError, match="not supported"):

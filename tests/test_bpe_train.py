@@ -3,8 +3,8 @@ import os
 import subprocess
 import sys
 
-from bort.bpe_train import SOURCE_FILE, ensure_vocab, file_sha256, train_bpe
-from bort.tokenizer import load_tokenizer
+from bort.text.bpe_train import SOURCE_FILE, ensure_vocab, file_sha256, train_bpe
+from bort.text.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
@@ -45,10 +45,10 @@ def test_trained_vocabulary_round_trips_and_learns_the_words(tmp_path):
     assert len(tok.encode(OTHER)) < len(OTHER.encode("utf-8")) / 3
     # Deterministic, and the same through the CLI.
     assert train_bpe(OTHER.splitlines(), 50) == train_bpe(OTHER.splitlines(), 50)
-    proc = subprocess.run([sys.executable, "-m", "bort.bpe_train", "--input", str(other), "--output_dir",
+    proc = subprocess.run([sys.executable, "-m", "bort.text.bpe_train", "--input", str(other), "--output_dir",
                            str(tmp_path / "cli"), "--vocab_size", "400"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "trained", proc.stderr
     assert (tmp_path / "cli" / "vocab.json").read_bytes() == (tmp_path / "v" / "vocab.json").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "bort.bpe_train", "--input", str(tmp_path / "missing.txt"),
+    proc = subprocess.run([sys.executable, "-m", "bort.text.bpe_train", "--input", str(tmp_path / "missing.txt"),
                            "--output_dir", str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'missing.txt'}: sample text not found"

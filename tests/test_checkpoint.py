@@ -11,12 +11,12 @@ import bort  # noqa: F401
 import gluonnlp  # noqa: F401  (registers the 'bertadam' optimizer)
 import mxnet as mx
 
-from bort import checkpoint
-from bort.checkpoint import (config_path, load_model, load_parameters, load_training_state, read_config,
+from bort.weights import checkpoint
+from bort.weights.checkpoint import (config_path, load_model, load_parameters, load_training_state, read_config,
                              read_params_file, save_parameters, save_training_state)
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.precision import enable_cpu_float16
+from bort.train.precision import enable_cpu_float16
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

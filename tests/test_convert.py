@@ -14,8 +14,8 @@ import pytest
 import bort  # noqa: F401
 import mxnet as mx
 
-from bort import convert
-from bort.checkpoint import load_arrays, save_parameters
+from bort.weights import convert
+from bort.weights.checkpoint import load_arrays, save_parameters
 from bort.errors import BortError
 from bort.model import build_model, get_config
 
@@ -130,7 +130,7 @@ def test_bert_parity_with_token_types(tmp_path, cls_name):
 
 def test_pooler_is_dropped_explicitly(tmp_path, caplog):
     _bert(tmp_path, transformers.BertModel)
-    with caplog.at_level("INFO", logger="bort.convert"):
+    with caplog.at_level("INFO", logger="bort.weights.convert"):
         _, arrays = convert.hf_to_gluon(tmp_path)
     assert "pooler.dense.weight" in caplog.text
     assert not any("pooler" in name for name in arrays)

@@ -11,7 +11,7 @@ import pytest
 import bort  # noqa: F401
 import mxnet as mx
 
-from bort import convert
+from bort.weights import convert
 from bort.errors import BortError
 from bort.model import build_model, get_config
 

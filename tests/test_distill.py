@@ -6,8 +6,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.checkpoint import save_parameters
-from bort.distill import DistillationLoss, load_teacher, prediction_counts
+from bort.weights.checkpoint import save_parameters
+from bort.pretrain.distill import DistillationLoss, load_teacher, prediction_counts
 from bort.errors import BortError
 from bort.model import build_model, get_config
 
@@ -18,7 +18,7 @@ def np_log_softmax(x):
 
 
 def np_loss(s, t, y, w, mlm_weight, kd_weight, T, legacy=False):
-    """Reference: float64 numpy, written from the formula in the bort.distill docstring."""
+    """Reference: float64 numpy, written from the formula in the bort.pretrain.distill docstring."""
     s, t = s.reshape(-1, s.shape[-1]).astype(np.float64), t.reshape(-1, t.shape[-1]).astype(np.float64)
     y, w = y.reshape(-1), w.reshape(-1).astype(np.float64)
     ce = -np_log_softmax(s)[np.arange(len(y)), y]
@@ -184,7 +184,7 @@ def test_every_flag_of_the_original_pretraining_script_parses():
     import dataclasses
 
     import run_pretraining_distillation_hvd as cli
-    from bort.pretraining import PretrainConfig
+    from bort.pretrain.loop import PretrainConfig
 
     original = ["--num_steps", "4", "--num_eval_steps", "3", "--num_buckets", "20", "--dtype", "float32",
                 "--batch_size", "2", "--accumulate", "1", "--use_avg_len", "--batch_size_eval", "2",

@@ -17,10 +17,10 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.bpe_train import made_from
-from bort.checkpoint import load_model
-from bort.pretraining import encode_with_masks, topk_accuracy
-from bort.tokenizer import load_tokenizer
+from bort.text.bpe_train import made_from
+from bort.weights.checkpoint import load_model
+from bort.pretrain.loop import encode_with_masks, topk_accuracy
+from bort.text.tokenizer import load_tokenizer
 from data.pretraining import batchify, list_shards, load_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

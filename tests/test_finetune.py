@@ -96,7 +96,7 @@ def test_run_finetune_test2_on_cpu(tmp_path):
 
 def test_multirc_question_without_answers_is_one_line_error(tmp_path, capsys):
     """A dev question with no candidate answers used to train and then raise IndexError while writing
-    dev_predictions.jsonl (found by scripts/hostile_sweep.py); the reader now refuses it in one line."""
+    dev_predictions.jsonl (found by experiments/hostile_sweep.py); the reader now refuses it in one line."""
     import shutil  # noqa: PLC0415
 
     data = tmp_path / "MultiRC"

@@ -6,7 +6,7 @@ import pytest
 
 import finetune_bort
 from bort.errors import BortError, run_cli
-from bort.tasks import get_task, main_score, official_score
+from bort.finetune.tasks import get_task, main_score, official_score
 
 # Every flag of the original's get_parser(), with a value as its users wrote them (run_finetune.sh included).
 ORIGINAL_ARGV = [

@@ -5,7 +5,7 @@ import pytest
 
 from bort.errors import BortError
 from bort.io import read_json, read_jsonl, read_lines, read_text
-from bort.tasks import get_task
+from bort.finetune.tasks import get_task
 from data.glue import read_glue
 
 BOM = b"\xef\xbb\xbf"
@@ -42,7 +42,7 @@ def test_bom_dropped_by_every_text_reader(tmp_path):
 
 
 def test_vocabulary_with_byte_order_mark(tmp_path):
-    from bort.tokenizer import load_tokenizer
+    from bort.text.tokenizer import load_tokenizer
     vocab = json.loads(open("test_data/vocab/vocab.json", encoding="utf-8").read())
     (tmp_path / "vocab.json").write_bytes(BOM + json.dumps(vocab).encode("utf-8"))
     (tmp_path / "merges.txt").write_bytes(BOM + open("test_data/vocab/merges.txt", "rb").read())

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from bort.errors import BortError
-from bort.fast_encoder import FastEncoder, interleave_qkv
-from bort.inference import MODES, bucket_order, encoder_flops, predict_bucketed, prepare
+from bort.inference.fast_encoder import FastEncoder, interleave_qkv
+from bort.inference.modes import MODES, bucket_order, encoder_flops, predict_bucketed, prepare
 from bort.model import build_model, get_config
 
 # max |mode - fp32| relative to max |fp32| on the tiny models
@@ -152,9 +152,9 @@ VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vo
 
 
 def _task_setup(name, data_dir, segment):
-    from bort.finetune import build_task_model
-    from bort.tasks import get_task
-    from bort.tokenizer import load_tokenizer
+    from bort.finetune.loop import build_task_model
+    from bort.finetune.tasks import get_task
+    from bort.text.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(vocab_json=VOCAB[1], merges=VOCAB[3])
     task = get_task(name)
@@ -170,8 +170,8 @@ def _task_setup(name, data_dir, segment):
 @pytest.mark.parametrize("name,data_dir,segment", [("SST-2", "test_data/glue/SST-2", "dev"),
                                                    ("COPA", "test_data/superglue/COPA", "dev")])
 def test_predict_task_matches_the_task_model(name, data_dir, segment):
-    from bort.finetune import predict_outputs
-    from bort.inference import predict_task
+    from bort.finetune.loop import predict_outputs
+    from bort.inference.modes import predict_task
 
     task, tokenizer, model, examples, instances = _task_setup(name, data_dir, segment)
     expected = predict_outputs(task, model, instances, tokenizer.pad_id, batch_size=3)
@@ -184,7 +184,7 @@ def test_predict_script_fp32_and_int8(tmp_path):
     import json
     import scripts.predict as predict
     from bort.errors import run_cli
-    from bort.finetune import predict_outputs, save_task_checkpoint
+    from bort.finetune.loop import predict_outputs, save_task_checkpoint
 
     task, tokenizer, model, examples, instances = _task_setup("SST-2", "test_data/glue/SST-2", "dev")
     ckpt = tmp_path / "sst2.params"
@@ -208,7 +208,7 @@ def test_predict_script_on_the_naive_engine_matches_the_threaded_one(tmp_path):
     import subprocess
     import sys
 
-    from bort.finetune import save_task_checkpoint
+    from bort.finetune.loop import save_task_checkpoint
 
     task, tokenizer, model, examples, instances = _task_setup("SST-2", "test_data/glue/SST-2", "dev")
     ckpt = tmp_path / "sst2.params"
@@ -259,7 +259,7 @@ def test_omp_wait_policy_follows_the_request_and_the_load():
         _wait_policy_in_child("sometimes")
 
 
-# ---------------------------------------------------------------- benchmark goal rows (scripts/benchmark_inference.py)
+# ---------------------------------------------------------------- benchmark goal rows (benchmarks/inference.py)
 
 
 def _row(fw, mode, sec, rounds=None):
@@ -268,7 +268,7 @@ def _row(fw, mode, sec, rounds=None):
 
 
 def test_goal_rows_pick_the_fastest_accurate_mode_and_the_fastest_peer():
-    from scripts.benchmark_inference import goals
+    from benchmarks.inference import goals
 
     results = [_row("mxnet", "fp32", 0.030), _row("mxnet", "int8", 0.008, [0.008, 0.010]),
                _row("mxnet", "bf16", 0.005),  # fastest, but inaccurate below: must not count
@@ -286,14 +286,14 @@ def test_goal_rows_pick_the_fastest_accurate_mode_and_the_fastest_peer():
 
 
 def test_profile_counts_each_operator_once_per_call(tmp_path):
-    """scripts/profile_inference.py reads MXNet's trace, where most operators are recorded twice (nested): the
+    """benchmarks/profile_inference.py reads MXNet's trace, where most operators are recorded twice (nested): the
     operator counts per call must equal the graph's nodes, and the group shares must add up to one."""
     import json
     import subprocess
     import sys
 
     out = tmp_path / "profile.json"
-    proc = subprocess.run([sys.executable, "scripts/profile_inference.py", "--model", "bort_tiny", "--modes", "fp32",
+    proc = subprocess.run([sys.executable, "benchmarks/profile_inference.py", "--model", "bort_tiny", "--modes", "fp32",
                            "--batch_sizes", "2", "--seq_len", "16", "--calls", "3", "--native_ops", "off",
                            "--output", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -323,11 +323,11 @@ def test_ort_peer_matches_the_pytorch_model():
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run([sys.executable, "scripts/benchmark_inference.py", "--worker", "ort_export", "--model", "bort",
+        subprocess.run([sys.executable, "benchmarks/inference.py", "--worker", "ort_export", "--model", "bort",
                         "--config_json", config, "--export_dir", tmp], cwd=root, env=env, check=True,
                        capture_output=True)
-        code = ("import json, sys, numpy as np, torch; sys.path.insert(0, '.'); "
-                "from scripts.benchmark_inference_workers import hf_bert; "
+        code = ("import json, sys, numpy as np, torch; "
+                "from benchmarks.inference_workers import hf_bert; "
                 f"_, m = hf_bert({config!r}); "
                 "ids = torch.tensor(np.load(sys.argv[1])); mask = torch.tensor(np.load(sys.argv[2])); "
                 "np.save(sys.argv[3], m(input_ids=ids, attention_mask=mask).last_hidden_state.detach().numpy())")
@@ -350,7 +350,7 @@ def test_ort_peer_matches_the_pytorch_model():
         assert np.abs(out[valid] - ref[valid]).max() <= tol, mode
 
 
-# ---------------------------------------------------------------- scripts/benchmark_inference_accuracy.py
+# ---------------------------------------------------------------- benchmarks/inference_accuracy.py
 
 
 @pytest.mark.slow
@@ -358,7 +358,7 @@ def test_accuracy_script_fine_tunes_and_scores_every_mode(tmp_path):
     """On the bundled SST-2 fixture: fine-tune, predict dev in each mode, write the JSON the README quotes."""
     import json
 
-    import scripts.benchmark_inference_accuracy as acc
+    import benchmarks.inference_accuracy as acc
     from bort.errors import run_cli
 
     out = tmp_path / "acc.json"
@@ -375,7 +375,7 @@ def test_accuracy_script_fine_tunes_and_scores_every_mode(tmp_path):
 
 
 def test_accuracy_script_names_a_missing_task_folder(tmp_path):
-    import scripts.benchmark_inference_accuracy as acc
+    import benchmarks.inference_accuracy as acc
     from bort.errors import BortError
 
     with pytest.raises(BortError, match=r"RTE: no dev.tsv"):

@@ -9,13 +9,12 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import finetune_bort  # noqa: E402
-import run_pretraining_distillation_hvd as pretrain_cli  # noqa: E402
-from bort import finetune, locking  # noqa: E402
-from bort.errors import BortError, run_cli  # noqa: E402
+import finetune_bort
+import run_pretraining_distillation_hvd as pretrain_cli
+from bort.finetune import loop as finetune
+from bort import locking
+from bort.errors import BortError, run_cli
 
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
          "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
@@ -30,7 +29,6 @@ def holder(tmp_path):
     out = tmp_path / "out"
     code = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {ROOT!r})
         from bort.locking import hold_directory
         hold_directory({str(out)!r}, "--output_dir")
         print("held", flush=True)

@@ -1,6 +1,6 @@
 import pytest
 
-from bort import metrics as M
+from bort.finetune import metrics as M
 
 
 def test_classification_metrics_hand_computed():

@@ -9,7 +9,7 @@ import pytest
 import bort  # noqa: F401
 import mxnet as mx
 
-from bort.checkpoint import load_parameters, read_params_file
+from bort.weights.checkpoint import load_parameters, read_params_file
 from bort.errors import BortError
 from bort.model import CONFIGS, ModelConfig, build_model, get_config, parameter_shapes, parameter_summary
 

@@ -1,4 +1,4 @@
-"""Bort's C++ operator library (bort.native_ops): the fused add + layer norm equals MXNet's LayerNorm(x + r), the
+"""Bort's C++ operator library (bort.inference.native_ops): the fused add + layer norm equals MXNet's LayerNorm(x + r), the
 masked softmax equals MXNet's softmax of the padding-biased scores, zero-padded GEMM inputs change nothing, every
 inference mode gives the same answer with it as without it, and without a compiler everything falls back
 to MXNet's operators with one logged line."""
@@ -11,8 +11,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort import native_ops
-from bort.inference import MODES, prepare
+from bort.inference import native_ops
+from bort.inference.modes import MODES, prepare
 from bort.model import build_model, get_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,7 +173,7 @@ def _in_child(code, **env_extra):
 FALLBACK = ("import logging; logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
             "import numpy as np, mxnet as mx\n"
             "from bort.model import build_model, get_config\n"
-            "from bort.inference import prepare\n"
+            "from bort.inference.modes import prepare\n"
             "m = build_model(get_config('bort_tiny', dropout=0.0), use_decoder=False)\n"
             "enc = prepare(m, 'fp32')\n"
             "out = enc(np.full((2, 8), 5, 'float32'), np.array([8, 5], 'float32')).asnumpy()\n"
@@ -210,12 +210,12 @@ def test_env_switch_turns_the_library_off(tmp_path):
 
 
 def test_loading_keeps_operator_functions_replaced_before(loaded):
-    """mx.library.load regenerates mx.nd/mx.sym; bort.precision's CPU float16 wrappers (and any other replaced
+    """mx.library.load regenerates mx.nd/mx.sym; bort.train.precision's CPU float16 wrappers (and any other replaced
     operator function) must survive it, and Bort's operators must still be added."""
     code = ("import mxnet as mx\n"
             "def mine(*a, **k): return 'mine'\n"
             "mx.nd.FullyConnected = mine; mx.sym.FullyConnected = mine; mx.nd.contrib.arange_like = mine\n"
-            "from bort import native_ops\n"
+            "from bort.inference import native_ops\n"
             "assert native_ops.load()\n"
             "print(mx.nd.FullyConnected is mine, mx.sym.FullyConnected is mine, mx.nd.contrib.arange_like is mine,\n"
             "      hasattr(mx.nd, 'bort_add_layer_norm'), hasattr(mx.sym, 'bort_masked_softmax'))\n")
@@ -225,7 +225,7 @@ def test_loading_keeps_operator_functions_replaced_before(loaded):
 
 
 def test_build_goes_to_the_cache_once(loaded, tmp_path):
-    code = ("from bort import native_ops; import os\n"
+    code = ("from bort.inference import native_ops; import os\n"
             "p = native_ops.build(); print(p, os.path.getmtime(p))\n")
     first = _in_child(code, BORT_NATIVE_CACHE=str(tmp_path))
     second = _in_child(code, BORT_NATIVE_CACHE=str(tmp_path))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bort.tokenizer import load_tokenizer
+from bort.text.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB_JSON = os.path.join(ROOT, "test_data/vocab/vocab.json")

@@ -1,4 +1,4 @@
-"""float16 training pieces (bort.precision): opt-in CPU float16, loss scaler, clipping of float16 gradients,
+"""float16 training pieces (bort.train.precision): opt-in CPU float16, loss scaler, clipping of float16 gradients,
 overflow skipping, float16 inputs of the masked-LM helpers."""
 import bort  # noqa: F401
 import gluonnlp  # noqa: F401  (registers 'bertadam')
@@ -8,9 +8,9 @@ import pytest
 
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.precision import (CPU_FLOAT16_ENV, DynamicLossScaler, GradientStep, choose_context, enable_cpu_float16,
+from bort.train.precision import (CPU_FLOAT16_ENV, DynamicLossScaler, GradientStep, choose_context, enable_cpu_float16,
                             inject_test_faults)
-from bort.training import Distributed, create_trainer, trainable_parameters
+from bort.train.optim import Distributed, create_trainer, trainable_parameters
 
 
 def test_float16_on_cpu_needs_the_opt_in(monkeypatch):
@@ -124,8 +124,8 @@ def test_an_inf_gradient_skips_the_step_and_halves_the_scale(monkeypatch):
 
 def test_masked_lm_helpers_feed_a_float16_model(monkeypatch):
     """fill_mask/topk_accuracy and deferred shape inference passed float32 valid_length into float16 models."""
-    from bort.mlm import topk_accuracy
-    from bort.checkpoint import _finish_deferred_init
+    from bort.pretrain.mlm import topk_accuracy
+    from bort.weights.checkpoint import _finish_deferred_init
 
     monkeypatch.setenv(CPU_FLOAT16_ENV, "1")
     enable_cpu_float16()

@@ -14,13 +14,13 @@ import pytest
 
 import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
-from bort.checkpoint import load_parameters, save_parameters
+from bort.weights.checkpoint import load_parameters, save_parameters
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.pretraining import (PretrainConfig, complete_checkpoints, parameters_digest, pretrain, resolve_start_step,
+from bort.pretrain.loop import (PretrainConfig, complete_checkpoints, parameters_digest, pretrain, resolve_start_step,
                               split_shards)
-from bort.pretrain_data import eval_batches
-from bort.distributed import Distributed
+from bort.pretrain.batches import eval_batches
+from bort.train.distributed import Distributed
 from data.pretraining import list_shards, load_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,8 +109,8 @@ def test_resume_is_exact(shards, tmp_path):
 _CRASH = r"""
 import os
 import bort, mxnet as mx
-import bort.pretraining as P
-import bort.pretrain_state as S
+import bort.pretrain.loop as P
+import bort.pretrain.state as S
 real_save, saving_step = mx.nd.save, [0]
 def dying_save(path, arrays):
     real_save(path, arrays)

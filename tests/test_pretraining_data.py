@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from bort.errors import BortError, run_cli  # noqa: E402
-from bort.tokenizer import load_tokenizer  # noqa: E402
-from data.pretraining import (InstanceBatch, Instance, batchify, create_pretraining_data, list_shards,  # noqa: E402
+from bort.errors import BortError, run_cli
+from bort.text.tokenizer import load_tokenizer
+from data.pretraining import (InstanceBatch, Instance, batchify, create_pretraining_data, list_shards,
                               load_shard, write_shard)
-from data.pretraining_instances import InstanceOptions  # noqa: E402
+from data.pretraining_instances import InstanceOptions
 
 SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
 VOCAB_JSON = os.path.join(ROOT, "test_data", "vocab", "vocab.json")

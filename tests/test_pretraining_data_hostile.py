@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from bort.errors import BortError  # noqa: E402
-from bort.tokenizer import load_tokenizer  # noqa: E402
-from data import pretraining  # noqa: E402
-from data.pretraining_format import InstanceBatch, ShardWriter, check_shards_fit, load_shard  # noqa: E402
-from data.pretraining_instances import InstanceOptions  # noqa: E402
+from bort.errors import BortError
+from bort.text.tokenizer import load_tokenizer
+from data import pretraining
+from data.pretraining_format import InstanceBatch, ShardWriter, check_shards_fit, load_shard
+from data.pretraining_instances import InstanceOptions
 
 SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data", "vocab", "vocab.json"),

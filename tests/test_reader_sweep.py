@@ -1,4 +1,4 @@
-"""The hostile-input sweep of the task readers (scripts/sweep_reader_inputs.py): every malformed input a one-line
+"""The hostile-input sweep of the task readers (experiments/sweep_reader_inputs.py): every malformed input a one-line
 error, no traceback, nothing silently accepted."""
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 def test_sweep_has_no_traceback_and_no_silent_acceptance(tmp_path):
     out = tmp_path / "sweep.json"
-    proc = subprocess.run([sys.executable, "scripts/sweep_reader_inputs.py", "--json", str(out)],
+    proc = subprocess.run([sys.executable, "experiments/sweep_reader_inputs.py", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())

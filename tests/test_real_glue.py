@@ -8,7 +8,7 @@ import pytest
 
 import finetune_bort
 from bort.errors import run_cli
-from bort.tasks import TASKS, get_task, official_score
+from bort.finetune.tasks import TASKS, get_task, official_score
 from data.glue import SEGMENT_FILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

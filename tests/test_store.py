@@ -10,13 +10,13 @@ import pytest
 
 import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
-from bort import store
-from bort.distill import load_teacher
+from bort.weights import store
+from bort.pretrain.distill import load_teacher
 from bort.errors import BortError
 from bort.model import CONFIGS, build_model, get_config
-from bort.pretraining import PretrainConfig, pretrain
-from bort.tokenizer import _sha1
-from bort.training import Distributed, create_trainer, trainable_parameters
+from bort.pretrain.loop import PretrainConfig, pretrain
+from bort.text.tokenizer import _sha1
+from bort.train.optim import Distributed, create_trainer, trainable_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from bort.errors import BortError
-from bort.tasks import get_task
+from bort.finetune.tasks import get_task
 from data.race import read_race
 from data.superglue import read_superglue, shorten_cb_text
 
@@ -191,7 +191,7 @@ def test_axg_gender_parity_pairs_consecutive_lines(tmp_path):
 
 def test_race_original_submission_format(tmp_path):
     import argparse
-    from bort.tasks import submission_options
+    from bort.finetune.tasks import submission_options
     task = get_task("RACE")
     examples = task.read("test", "test_data/race")
     preds = [i % 4 for i in range(len(examples))]

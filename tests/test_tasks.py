@@ -4,8 +4,8 @@ import os
 import pytest
 
 from bort.errors import BortError
-from bort.tasks import SequenceEncoder, TASKS, get_task, official_score, truncate_equal
-from bort.tokenizer import load_tokenizer
+from bort.finetune.tasks import SequenceEncoder, TASKS, get_task, official_score, truncate_equal
+from bort.text.tokenizer import load_tokenizer
 
 DIRS = {"glue": "test_data/glue/", "superglue": "test_data/superglue/", "race": "test_data/race"}
 EXPECTED_FILES = {
@@ -142,11 +142,11 @@ def test_record_training_set_is_semi_balanced(tok):
 
 
 def test_registry_does_not_depend_on_the_training_loop():
-    """bort.tasks describes tasks; bort.finetune uses it, never the reverse (no import cycle, no MXNet)."""
+    """bort.finetune.tasks describes tasks; bort.finetune.loop uses it, never the reverse (no import cycle, no MXNet)."""
     import subprocess
     import sys
-    code = "import sys, bort.tasks; print(sorted(m for m in ('bort.finetune', 'mxnet') if m in sys.modules))"
+    code = "import sys, bort.finetune.tasks; print(sorted(m for m in ('bort.finetune.loop', 'mxnet') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    import bort.tasks
-    assert not hasattr(bort.tasks, "build_task_model") and not hasattr(bort.tasks, "predict_outputs")
+    import bort.finetune.tasks
+    assert not hasattr(bort.finetune.tasks, "build_task_model") and not hasattr(bort.finetune.tasks, "predict_outputs")

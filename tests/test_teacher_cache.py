@@ -1,4 +1,4 @@
-"""Top-k teacher cache (bort.teacher_cache, bort.topk_distill, scripts/cache_teacher.py, --teacher_cache):
+"""Top-k teacher cache (bort.pretrain.teacher_cache, bort.pretrain.topk_distill, scripts/cache_teacher.py, --teacher_cache):
 the file is what the teacher computes, the cached KD term equals the live one at k = V (float64 reference) and
 the coarse-grained KL below it, mismatched caches are refused, and the pretrainer trains, resumes, runs under
 Horovod and in the launcher's TEST mode from the cache."""
@@ -17,14 +17,14 @@ import pytest
 
 import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
-from bort.bpe_train import made_from
-from bort.checkpoint import save_parameters
-from bort.distill import DistillationLoss, load_teacher
+from bort.text.bpe_train import made_from
+from bort.weights.checkpoint import save_parameters
+from bort.pretrain.distill import DistillationLoss, load_teacher
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.pretraining import PretrainConfig, materialize, parameters_digest, pretrain, to_nd
-from bort.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache)
-from bort.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
+from bort.pretrain.loop import PretrainConfig, materialize, parameters_digest, pretrain, to_nd
+from bort.pretrain.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache)
+from bort.pretrain.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
 from data.pretraining import batchify, load_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -310,8 +310,8 @@ def test_distilling_from_the_default_k_cache_learns_what_the_live_teacher_teache
     the live teacher (exact KL, top-1 agreement): both learn, and agree with the teacher's top-1 alike. (This
     teacher is flat at T = 2 and its rest mass is large: how it spreads that mass is what k = 16 drops, so the
     exact KL of the cached student stays higher; the top-1 is what held-out accuracy needs.)"""
-    from bort.pretraining import eval_batches, evaluate  # noqa: PLC0415
-    from bort.training import Distributed  # noqa: PLC0415
+    from bort.pretrain.loop import eval_batches, evaluate  # noqa: PLC0415
+    from bort.train.optim import Distributed  # noqa: PLC0415
 
     live = tiny_config(shards, tmp_path / "live", teacher_ckpt_dir=teacher_path, num_steps=40, mlm_weight=0.0,
                        teacher_ce_weight=1.0, lr=3e-3, warmup_ratio=0.1, ckpt_interval=1000, log_interval=40)

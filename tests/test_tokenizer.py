@@ -9,7 +9,7 @@ import unicodedata
 
 import pytest
 
-from bort import tokenizer as tk
+from bort.text import tokenizer as tk
 from bort.errors import BortError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def test_sample_text_format(sample_lines):
     sentences = [line for line in sample_lines if line.strip()]
     assert 20 <= len(sentences) <= 150
     assert any(any(ord(ch) > 127 for ch in line) for line in sentences)
-    from bort.bpe_train import SOURCE_FILE, file_sha256  # noqa: PLC0415
+    from bort.text.bpe_train import SOURCE_FILE, file_sha256  # noqa: PLC0415
     if file_sha256(SAMPLE) == open(os.path.join(ROOT, "test_data", "vocab", SOURCE_FILE)).read().strip():
         assert len(documents) >= 4 and 80 <= len(sentences)  # the bundled text also has whitespace runs and tabs
         assert any("\t" in line or "  " in line for line in sentences)
@@ -392,7 +392,7 @@ def test_missing_byte_symbols_without_unk(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "bort.tokenizer", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bort.text.tokenizer", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, encoding="utf-8", timeout=120)
 
 

@@ -5,7 +5,7 @@ import resource
 
 import pytest
 
-from bort import tokenizer as tk
+from bort.text import tokenizer as tk
 from bort.errors import BortError
 
 VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_data", "vocab")

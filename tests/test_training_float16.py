@@ -12,7 +12,7 @@ import mxnet as mx
 
 import finetune_bort
 from bort.errors import BortError, run_cli
-from bort.pretraining import complete_checkpoints, parameters_digest, pretrain
+from bort.pretrain.loop import complete_checkpoints, parameters_digest, pretrain
 from test_pretraining import make_shards, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

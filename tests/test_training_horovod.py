@@ -114,9 +114,8 @@ def test_resume_when_only_rank0_sees_the_checkpoints(shards, uninterrupted, tmp_
 
 FINETUNE_WRAPPER = r"""
 import hashlib, os, sys
-sys.path.insert(0, os.environ["BORT_ROOT"])
 import bort
-import bort.finetune as F
+import bort.finetune.loop as F
 real_train = F.train
 def train(task, model, *args, **kwargs):
     out = real_train(task, model, *args, **kwargs)

@@ -10,9 +10,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.bpe_train import made_from
-from bort.checkpoint import load_model
-from bort.mlm import topk_accuracy
+from bort.text.bpe_train import made_from
+from bort.weights.checkpoint import load_model
+from bort.pretrain.mlm import topk_accuracy
 from data.pretraining import batchify, list_shards, load_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 import bort  # noqa: F401
-import bort.pretrain_state as S
+import bort.pretrain.state as S
 from bort.errors import BortError
-from bort.pretraining import complete_checkpoints, pretrain
+from bort.pretrain.loop import complete_checkpoints, pretrain
 from test_pretraining import make_shards, tiny_config
 
 pytestmark = pytest.mark.slow

@@ -7,21 +7,19 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import bort  # noqa: E402,F401
-import mxnet as mx  # noqa: E402
+import mxnet as mx
 
-import create_pretraining_data  # noqa: E402
-import finetune_bort  # noqa: E402
-import run_pretraining_distillation_hvd as pretrain_cli  # noqa: E402
-from bort.checkpoint import load_training_state  # noqa: E402
-from bort.errors import BortError, run_cli  # noqa: E402
-from bort.finetune import build_task_model, save_task_checkpoint  # noqa: E402
-from bort.model import get_config  # noqa: E402
-from bort.tasks import get_task  # noqa: E402
-from bort.validation import validate_training_state  # noqa: E402
+import create_pretraining_data
+import finetune_bort
+import run_pretraining_distillation_hvd as pretrain_cli
+from bort.weights.checkpoint import load_training_state
+from bort.errors import BortError, run_cli
+from bort.finetune.loop import build_task_model, save_task_checkpoint
+from bort.model import get_config
+from bort.finetune.tasks import get_task
+from bort.validation import validate_training_state
 
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
          "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
