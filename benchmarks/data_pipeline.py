@@ -1,6 +1,6 @@
 """Throughput of create_pretraining_data (1 and 2 workers) against the gluon-nlp 0.10 baseline.
 
-    python benchmarks/data_pipeline.py [--size_mb 20] [--output benchmark_data.json]
+    python -m benchmarks.data_pipeline [--size_mb 20] [--output benchmark_data.json]
 
 A corpus of at least --size_mb MB is generated (seeded) in a temporary directory by repeating and shuffling
 the sentences of test_data/sample_text.txt into documents of 20-80 sentences. Measured, in tokens per

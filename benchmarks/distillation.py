@@ -1,7 +1,7 @@
 """Time one distillation step, split into its parts: data, teacher forward, student forward/backward, optimizer,
 and the same step from the teacher's cached top-k (--teacher_cache) beside it.
 
-    python benchmarks/distillation.py [--batch_size 2] [--seq_len 128] [--output bench.json]
+    python -m benchmarks.distillation [--batch_size 2] [--seq_len 128] [--output bench.json]
 
 Bort (bort_4_8_768_1024) learns from a RoBERTa-large teacher (roberta_24_1024_16), both with random weights, on
 CPU in float32, through the pretrainer's own code (bort.pretrain.loop.forward_backward, bort.train.optim.GradientStep).

@@ -9,8 +9,8 @@ Our worker runs MXNet's NaiveEngine by default (--engine; see `bort.runtime.conf
 run on the calling thread, whose OpenMP team stays hot, as PyTorch's does. Both then assume free cores: run it on a
 quiet machine (the table prints the load average before and after).
 
-    python benchmarks/inference.py --models bort --batch_sizes 1 8 --seq_lens 128 --rounds 5
-    python benchmarks/inference.py            # the full grid: slow on 2 cores (RoBERTa-large at 512 x 32)
+    python -m benchmarks.inference --models bort --batch_sizes 1 8 --seq_lens 128 --rounds 5
+    python -m benchmarks.inference            # the full grid: slow on 2 cores (RoBERTa-large at 512 x 32)
 
 ONNX Runtime peers (benchmark-only dependencies onnxruntime and onnx, requirements-bench.txt): the same-shaped HF
 `BertModel` (random weights, seed 0, as the PyTorch worker's) exported with `torch.onnx.export` in a helper process,
@@ -34,6 +34,7 @@ import subprocess
 import sys
 
 import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before any framework is imported)
+from bort.paths import REPO_ROOT
 
 from benchmarks.inference_workers import (
     MODELS, ORT_MODES, OUR_MODES, TORCH_MODES, log, mxnet_worker, ort_export, ort_worker, torch_worker)
@@ -51,7 +52,7 @@ class Worker:
         from bort.model import get_config
 
         config = json.dumps(get_config(MODELS[model]).to_dict())
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--model", model,
+        cmd = [sys.executable, "-m", "benchmarks.inference", "--worker", framework, "--model", model,
                "--config_json", config,
                "--worker_modes", *modes, "--calib_batch", str(args.calib_batch), "--calib_seq", str(args.calib_seq),
                "--calib_batches", str(args.calib_batches), "--calib_mode", args.calib_mode]
@@ -63,7 +64,7 @@ class Worker:
         if framework == "mxnet":
             from bort.runtime import ENGINES
             env["MXNET_ENGINE_TYPE"] = ENGINES[args.engine]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)
         self.info = self._read()
 
     def _read(self):

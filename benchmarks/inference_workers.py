@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-BENCHMARK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark_inference.py")
+from bort.paths import REPO_ROOT
 
 MODELS = {"bort": "bort_4_8_768_1024", "bert_base": "bert_12_768_12", "roberta_large": "roberta_24_1024_16"}
 # gluon: the plain BortModel (gluon-nlp blocks), fp32; <mode>_stock: <mode> with MXNet's LayerNorm instead of
@@ -22,13 +22,10 @@ TORCH_MODES = ("fp32", "bf16", "int8")
 ORT_MODES = ("fp32", "opt_fp32", "int8", "opt_int8")
 CHECK_BATCH, CHECK_SEQ, NUM_CLASSES = 4, 128, 3
 
-
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
-
 # ------------------------------------------------------------------------------------------------ workers
-
 
 def random_batch(rng, config, batch_size, seq_len, full=False):
     import numpy as np
@@ -38,7 +35,6 @@ def random_batch(rng, config, batch_size, seq_len, full=False):
     else:
         valid = rng.randint(seq_len // 2, seq_len + 1, size=(batch_size,)).astype(np.float32)
     return ids, valid
-
 
 def time_each(call, modes, repeats):
     """{mode: [seconds per call]}: one warm-up call per mode (traces the shape), then `repeats` rounds that
@@ -53,7 +49,6 @@ def time_each(call, modes, repeats):
             times[mode].append(time.perf_counter() - start)
     return times
 
-
 def agreement(out, ref, valid, head):
     """max |out - ref| over valid positions, mean token cosine, argmax agreement of `head` on token 0."""
     import numpy as np
@@ -63,7 +58,6 @@ def agreement(out, ref, valid, head):
     agree = (out[:, 0] @ head).argmax(-1) == (ref[:, 0] @ head).argmax(-1)
     return {"max_abs_diff": float(np.abs(a - b).max()), "mean_cosine": float(cos.mean()),
             "argmax_agreement": float(agree.mean()), "ref_max_abs": float(np.abs(b).max())}
-
 
 def mxnet_worker(args):
     import mxnet as mx
@@ -102,7 +96,6 @@ def mxnet_worker(args):
 
     serve(time_modes, checks, peak)
 
-
 def matmul_peak_mxnet(mx):
     n = 2048
     x, w = mx.nd.random.uniform(shape=(n, n)), mx.nd.random.uniform(shape=(n, n))
@@ -112,7 +105,6 @@ def matmul_peak_mxnet(mx):
         mx.nd.FullyConnected(x, w, no_bias=True, num_hidden=n).wait_to_read()
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best / 1e9
-
 
 def hf_bert(config_json):
     """(config, HF `BertModel` with the config's sizes and seed-0 random weights), as the PyTorch and ONNX peers
@@ -131,7 +123,6 @@ def hf_bert(config_json):
                     layer_norm_eps=config.layer_norm_eps, hidden_act="gelu")
     torch.manual_seed(0)
     return config, BertModel(hf, add_pooling_layer=False).eval()
-
 
 def torch_worker(args):
     import numpy as np
@@ -180,7 +171,6 @@ def torch_worker(args):
 
     serve(time_modes, checks, 2 * n ** 3 / best / 1e9)
 
-
 def ort_export(args):
     """Helper process (PyTorch, no ONNX Runtime session): export the HF model, optimize it, quantize both."""
     import torch
@@ -216,7 +206,6 @@ def ort_export(args):
     quantize_dynamic(paths["opt_fp32"], paths["opt_int8"], weight_type=QuantType.QInt8,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
-
 def ort_worker(args):
     import tempfile
 
@@ -227,9 +216,9 @@ def ort_worker(args):
     threads = int(os.environ["OMP_NUM_THREADS"])
     rng = np.random.RandomState(0)
     with tempfile.TemporaryDirectory(prefix="bort_ort_") as tmp:
-        cmd = [sys.executable, BENCHMARK, "--worker", "ort_export", "--model", args.model,
+        cmd = [sys.executable, "-m", "benchmarks.inference", "--worker", "ort_export", "--model", args.model,
                "--config_json", args.config_json, "--export_dir", tmp]
-        subprocess.run(cmd, check=True, stdout=sys.stderr)
+        subprocess.run(cmd, check=True, stdout=sys.stderr, cwd=REPO_ROOT)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -257,7 +246,6 @@ def ort_worker(args):
         return time_each(lambda mode: run(mode, *batch), args.modes, repeats)
 
     serve(time_modes, checks, None)
-
 
 def serve(time_modes, checks, peak):
     """Worker loop: announce readiness, then answer one timing request per stdin line."""

@@ -1,6 +1,6 @@
 """Bort's native operators (bort.inference.native_ops) against the MXNet operators they replace, one shape at a time.
 
-    python benchmarks/native_ops.py --threads 2 --output native_ops.json
+    python -m benchmarks.native_ops --threads 2 --output native_ops.json
 
 Pairs timed side by side (alternating calls, median microseconds per call), at Bort's sizes for batch 1 and 8,
 length 128:

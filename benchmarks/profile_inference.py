@@ -1,6 +1,6 @@
 """Per-operator profile of our CPU inference modes (MXNet's profiler), with and without Bort's native operators.
 
-    python benchmarks/profile_inference.py --modes int8 fp32 --batch_sizes 1 8 --seq_len 128 --output profile.json
+    python -m benchmarks.profile_inference --modes int8 fp32 --batch_sizes 1 8 --seq_len 128 --output profile.json
 
 For each mode, batch size and operator set (`--native_ops on off`: Bort's fused add + layer norm, or MXNet's
 elemwise_add + LayerNorm) it times `--calls` forward passes without the profiler (median ms per call), then

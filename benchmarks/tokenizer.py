@@ -3,7 +3,7 @@
 The baseline is the original pipeline's per-line step, `vocab[GPT2BPETokenizer()(line)]`, with gluon-nlp's own
 tokenizer class reading the same merges. HF `tokenizers` is timed too when installed (reference only).
 
-    python benchmarks/tokenizer.py [--repeat 100] [--output bench_tokenizer.json]
+    python -m benchmarks.tokenizer [--repeat 100] [--output bench_tokenizer.json]
 
 By default it uses the bundled test vocabulary; --vocab_json/--merges select another HF-style vocabulary
 (e.g. RoBERTa's), which gives numbers closer to real pretraining.

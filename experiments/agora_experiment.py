@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Scarce-data experiment: plain grid search vs Agora with the same number of fine-tuning runs, several seeds.
 
-    python experiments/agora_experiment.py --task_name SST-2 --data_dir ../shared/real_data/glue_data/SST-2 \
+    python -m experiments.agora_experiment --task_name SST-2 --data_dir ../shared/real_data/glue_data/SST-2 \
         --teacher_parameters labeler/model_bort_SST-2.params --grid theta.json --train_rows 200 --seeds 1,2,3 \
         --output_dir agora_experiment -- --pretrained_parameters none --model_config bort_tiny ...
 

@@ -1,7 +1,7 @@
 """Hostile-input sweep: build malformed, out-of-range and concurrent inputs in a temporary directory, run every
 CLI on them as a user would, and classify each outcome.
 
-    python experiments/hostile_sweep.py [--json sweep.json] [--keep DIR] [--only CLASS] [--trials 5]
+    python -m experiments.hostile_sweep [--json sweep.json] [--keep DIR] [--only CLASS] [--trials 5]
 
 Outcomes: `one-line error` (non-zero exit, one `error: ...` line, no traceback, nothing left behind that the
 case forbids), `traceback`, `silently accepted` (exit 0 on input that must be refused), `left output` (an empty

@@ -4,7 +4,7 @@ finetune_bort.py does before training (Task.read, encode, gold labels, metrics).
 totals; `--json PATH` also writes them. Each input must end in a one-line error (BortError), never a traceback or
 a silent acceptance (the one valid input, a file with a byte-order mark, must be accepted).
 
-    python experiments/sweep_reader_inputs.py --json sweep.json
+    python -m experiments.sweep_reader_inputs --json sweep.json
 """
 import argparse
 import json

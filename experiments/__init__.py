@@ -1,0 +1,1 @@
+"""Experiments and sweeps. Run from the repository root: python -m experiments.<name>."""
