@@ -238,7 +238,7 @@ def build_cases(sweep):
     for name, index in (("index.json not an object", ["model-1.safetensors"]),
                         ("index.json outside the HF directory", "outside")):
         if index == "outside":
-            from bort.weights.convert import read_safetensors
+            from bort.weights.hf_files import read_safetensors
             names = read_safetensors(os.path.join(hf, "model.safetensors"))
             index = {"weight_map": dict.fromkeys(names, "../good/model.safetensors")}
         sweep.add(cls, name, convert + [out(name) + ".params", "--hf_dir",
