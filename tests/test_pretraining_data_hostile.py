@@ -17,8 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from bort.errors import BortError
 from bort.text.tokenizer import load_tokenizer
 from data import pretraining
-from data.pretraining_format import InstanceBatch, ShardWriter, check_shards_fit, load_shard
+from data.pretraining_format import InstanceBatch, ShardWriter, load_shard
 from data.pretraining_instances import InstanceOptions
+from data.shard_files import check_shards_fit
 
 SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data", "vocab", "vocab.json"),
