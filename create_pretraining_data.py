@@ -10,7 +10,8 @@ import logging
 
 import bort  # noqa: F401  (process settings first)
 from bort.errors import BortError, run_cli
-from bort.text.tokenizer import GLUONNLP_DATASET, add_tokenizer_args, tokenizer_from_args
+from bort.text.gluonnlp_files import GLUONNLP_DATASET
+from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 from data.pretraining import create_pretraining_data
 from data.pretraining_instances import InstanceOptions
 

@@ -110,11 +110,11 @@ def build_parser():
 
 
 def check_pretraining_inputs(config, dist):
-    """Shards that fit the student (data.pretraining_format), and with `dist` one run per --ckpt_dir (bort.locking)."""
+    """Shards that fit the student (data.shard_files), and with `dist` one run per --ckpt_dir (bort.locking)."""
     from bort.weights.checkpoint import read_config
     from bort.locking import hold_directory
     from bort.model import get_config
-    from data.pretraining_format import check_shards_fit, list_shards
+    from data.shard_files import check_shards_fit, list_shards
 
     from bort.weights.store import student_params_path
 

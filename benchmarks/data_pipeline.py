@@ -28,7 +28,8 @@ import time
 
 import bort  # noqa: E402,F401  (thread settings before mxnet/gluonnlp)
 from bort.io import write_json
-from bort.text.tokenizer import GPT2_PATTERN, load_tokenizer
+from bort.text.byte_bpe import GPT2_PATTERN
+from bort.text.tokenizer import load_tokenizer
 from data.pretraining import create_pretraining_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -30,7 +30,8 @@ from bort.pretrain.loop import forward_backward, materialize, to_nd
 from bort.pretrain.teacher_cache import DEFAULT_TOPK, ShardCache, bytes_per_position, id_dtype, topk_rows
 from bort.pretrain.topk_distill import TopKDistillationLoss, teacher_from_batch
 from bort.train.optim import Distributed, GradientStep, create_trainer, trainable_parameters
-from data.pretraining import Instance, batchify
+from data.collate import batchify
+from data.pretraining_format import Instance
 
 
 def synthetic_instances(n, seq_len, vocab_size, rng, mask_prob=0.15):

@@ -36,7 +36,7 @@ log = logging.getLogger("accuracy")
 def train_vocabulary(task_name, data_dir, out_dir):
     """A SentencePiece vocabulary trained on the task's training sentences only (no pretrained vocabulary offline)."""
     from bort.finetune.tasks import get_task
-    from bort.text.tokenizer import train_sentencepiece
+    from bort.text.sentencepiece_model import train_sentencepiece
 
     task = get_task(task_name)
     text = os.path.join(out_dir, "train_text.txt")

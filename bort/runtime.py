@@ -1,4 +1,4 @@
-"""Process-level settings that must be fixed before MXNet is imported."""
+"""Process-level settings that must be fixed before MXNet is imported, and the process tree read from /proc."""
 import os
 
 
@@ -90,3 +90,34 @@ def configure_omp_wait(policy="auto"):
         if policy == "passive" or (policy == "auto" and busy_machine()):
             os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "passive" if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else "active"
+
+
+def _proc_stat(pid):
+    """Fields of /proc/<pid>/stat after the command name (state first, parent pid second); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()  # the name in (...) may itself hold spaces and ')'
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid):
+    """Linux: True while process `pid` exists and is not a zombie."""
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def process_descendants(pid):
+    """Linux: pids of all live (non-zombie) descendants of `pid`, e.g. a pool's workers or a fork server and its
+    workers, read from /proc; parents before their children."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        fields = _proc_stat(entry)
+        if fields is not None and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

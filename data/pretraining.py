@@ -9,33 +9,26 @@ every sentence in `<s> … </s>`, build and mask instances with a random generat
 instance i goes to output `i % num_outputs`, and rows are spooled to disk as they arrive (`ShardWriter`),
 so memory stays bounded by a few chunks and the shards are byte-identical whatever the number of workers.
 
-The reader side (`load_shard`, `list_shards`, `batchify`) lives in `data.pretraining_format` and is
-re-exported here.
+The shard format is `data.pretraining_format`, the worker processes `data.workers`.
 """
 import collections
 import contextlib
-import ctypes
 import dataclasses
 import glob
 import logging
-import multiprocessing
 import os
 import re
-import signal
-import sys
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
 from bort.errors import BortError
 from bort.io import write_json
 from bort.locking import owned_directory, release_directory
-from data.pretraining_format import (FORMAT_VERSION, Instance, InstanceBatch, PretrainingShard,  # noqa: F401
-                                     ShardWriter, batchify, expand_paths, list_shards, load_shard, write_shard)
+from data.pretraining_format import FORMAT_VERSION, ShardWriter
 from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
+from data.shard_files import expand_paths
+from data.workers import run_in_workers, sigterm_stops_workers
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +42,8 @@ STAT_KEYS = ("lines", "skipped_lines", "documents", "sentences", "tokens", "inst
 Chunk = collections.namedtuple("Chunk", ["index", "path", "first_line", "data"])
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 _READ_BLOCK = 1 << 20
-_FORK_UNSAFE = ("mxnet", "torch", "tensorflow", "jax")
+_TEMPORARY_SHARDS = ".part-*.npz.*.tmp"  # what bort.io.atomic_path names a shard while it is written
+SIGTERM_MESSAGE = "error: terminated by SIGTERM; workers stopped, no shard written\n"
 
 
 def shard_name(index):
@@ -185,122 +179,6 @@ def process_chunk(chunk, tokenizer, options, vocab, skip_invalid_utf8=False):
     return batch, stats
 
 
-_WORKER_STATE = {}
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid):
-    """Linux: have the kernel kill this worker when the process that forked it exits, even by `kill -9`.
-    With a fork server the parent is the server, which itself exits when the main process goes."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: workers still stop when the pool is shut down
-        return
-    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _init_worker(state, parent_pid=None):
-    _die_with_parent(parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _WORKER_STATE.clear()
-    _WORKER_STATE.update(state)
-
-
-class _Shutdown:
-    """What the SIGTERM handler cleans up: the running pool's workers, this run's shards and temporary files."""
-
-    pool = None
-    output_dir = None
-    outputs = ()
-    message = "error: terminated by SIGTERM; workers stopped, no shard written\n"
-
-
-def _on_sigterm(signum, frame):
-    """Stop at once, like SIGTERM's default action, but without leaving workers or shards behind. Unwinding
-    with an exception instead could interrupt the pool's manager thread in the middle of a message from a
-    killed worker and hang the shutdown forever."""
-    if _Shutdown.pool is not None:
-        _stop_workers(_Shutdown.pool, signal.SIGKILL)
-    if _Shutdown.output_dir:
-        for path in list(_Shutdown.outputs) + glob.glob(os.path.join(glob.escape(_Shutdown.output_dir),
-                                                                     ".part-*.npz.*.tmp")):
-            with contextlib.suppress(OSError):
-                os.remove(path)
-        release_directory(_Shutdown.output_dir, remove_if_unused=True)
-    with contextlib.suppress(OSError):
-        sys.stderr.write(_Shutdown.message)
-        sys.stderr.flush()
-    os._exit(128 + signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def _sigterm_cleans_up(output_dir):
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    _Shutdown.output_dir, _Shutdown.outputs = output_dir, ()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        _Shutdown.output_dir, _Shutdown.outputs = None, ()
-
-
-def _stop_workers(pool, signum):
-    try:
-        pids = [process.pid for process in list((getattr(pool, "_processes", None) or {}).values())]
-    except RuntimeError:  # the pool's manager thread changed the table meanwhile
-        pids = []
-    for pid in pids:
-        with contextlib.suppress(OSError, TypeError):
-            os.kill(pid, signum)
-
-
-def _process_in_worker(chunk):
-    return process_chunk(chunk, **_WORKER_STATE)
-
-
-def _mp_context():
-    """fork when nothing fork-unsafe is loaded (starts in milliseconds), else a fresh interpreter per worker.
-
-    MXNet and PyTorch start OpenMP/engine threads that a forked child inherits in a broken state, so with
-    either one imported the workers come from a fork server instead.
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if "fork" in methods and not any(name in sys.modules for name in _FORK_UNSAFE):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def run_chunks(chunks, state, num_workers):
-    """Yield process_chunk results in chunk order, with at most 2 chunks per worker in flight."""
-    if num_workers == 1:
-        for chunk in chunks:
-            yield process_chunk(chunk, **state)
-        return
-    context = _mp_context()
-    parent = os.getpid() if context.get_start_method() == "fork" else None
-    pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=(state, parent))
-    pending = collections.deque()
-    _Shutdown.pool = pool
-    try:
-        for chunk in chunks:
-            pending.append(pool.submit(_process_in_worker, chunk))
-            if len(pending) >= 2 * num_workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool:
-        raise BortError("a worker process died unexpectedly (out of memory?); try fewer --num_workers") from None
-    finally:
-        # Running chunks finish (workers ignore Ctrl-C); killing them here could hang the pool (see _on_sigterm).
-        pool.shutdown(wait=True, cancel_futures=True)
-        _Shutdown.pool = None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The whole job
 
@@ -309,9 +187,17 @@ def _prepare_output_dir(output_dir):
     """Check the (locked) output directory and remove temporary files a killed earlier run left behind."""
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise BortError(f"{output_dir}: output directory is not writable")
-    for leftover in glob.glob(os.path.join(glob.escape(output_dir), ".part-*.npz.*.tmp")):
+    for leftover in glob.glob(os.path.join(glob.escape(output_dir), _TEMPORARY_SHARDS)):
         with contextlib.suppress(OSError):
             os.remove(leftover)
+
+
+def _remove_partial_output(output_dir, finished_shards):
+    """On SIGTERM: remove this run's temporary and `finished_shards` files, and the directory if this run made it."""
+    for path in list(finished_shards) + glob.glob(os.path.join(glob.escape(output_dir), _TEMPORARY_SHARDS)):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+    release_directory(output_dir, remove_if_unused=True)
 
 
 def _describe_instance(tokenizer, batch):
@@ -344,10 +230,12 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
         raise BortError("no input files given")
     total_lines = count_lines(input_files)  # also checks that every file can be read, before any work
     # One run per output directory (removed again if this run created it and fails); SIGTERM stops the workers.
-    with owned_directory(output_dir, "--output_dir"), _sigterm_cleans_up(output_dir):
+    finished_shards = []  # shards a SIGTERM must remove: complete ones, from their writing until summary.json
+    with owned_directory(output_dir, "--output_dir"), \
+            sigterm_stops_workers(lambda: _remove_partial_output(output_dir, finished_shards), SIGTERM_MESSAGE):
         try:
             return _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8,
-                           progress, chunk_bytes, extra_summary, total_lines, start)
+                           progress, chunk_bytes, extra_summary, total_lines, start, finished_shards)
         except OSError as err:
             if isinstance(err, FileNotFoundError) or err.errno is None:
                 raise
@@ -356,7 +244,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
 
 
 def _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8, progress,
-            chunk_bytes, extra_summary, total_lines, start):
+            chunk_bytes, extra_summary, total_lines, start, finished_shards):
     _prepare_output_dir(output_dir)
     vocab = MaskingVocab.from_tokenizer(tokenizer, options.whole_word_mask)
     metadata = {"vocab_size": vocab.vocab_size, "pad_id": vocab.eos_id if vocab.pad_id is None else vocab.pad_id,
@@ -373,7 +261,7 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
         with tqdm(total=total_lines, unit="line", unit_scale=True, disable=not progress, desc="lines",
                   smoothing=0.1) as bar:
             chunks = iter_chunks(input_files, chunk_bytes)
-            for batch, stats in run_chunks(chunks, state, num_workers):
+            for batch, stats in run_in_workers(process_chunk, chunks, state, num_workers):
                 if totals["instances"] == 0 and len(batch):
                     logger.debug("%s", _describe_instance(tokenizer, batch))
                 first = totals["instances"]
@@ -395,7 +283,7 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
         if totals["instances"] < num_outputs:
             raise BortError(f"--num_outputs {num_outputs}: only {totals['instances']} instances were created; "
                             "expected at least one per output (lower --num_outputs)")
-        _Shutdown.outputs = shard_paths  # from here on, a SIGTERM removes this run's shards again
+        finished_shards[:] = shard_paths  # from here on, a SIGTERM removes this run's shards again
         for writer in writers:
             writer.close()
     except BaseException:
@@ -416,7 +304,7 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
     if extra_summary:
         summary.update(extra_summary)
     write_json(os.path.join(output_dir, SUMMARY_NAME), summary)
-    _Shutdown.outputs = ()
+    finished_shards.clear()
     logger.info("%d lines, %d documents, %d tokens -> %d instances (%d masked positions) in %d shard(s) in %.1f s: "
                 "%.0f tokens/s with %d worker(s)%s", totals["lines"], totals["documents"], totals["tokens"],
                 totals["instances"], totals["masked_positions"], num_outputs, seconds, totals["tokens"] / seconds,

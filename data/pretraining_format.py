@@ -21,7 +21,6 @@ equal bytes. The legacy gluon-nlp/Bort format (numpy object arrays, which need u
 the caller opts in.
 """
 import collections
-import glob
 import os
 import shutil
 import tempfile
@@ -376,101 +375,3 @@ def read_shard_metadata(path, allow_legacy_pickle=False):
     ids = np.concatenate([shard.batch.input_ids, shard.batch.masked_ids])
     return {"min_vocab_size": int(ids.max()) + 1 if len(ids) else 0,
             "max_seq_length": int(shard.lengths.max()) if len(shard) else 0}
-
-
-def check_shards_fit(paths, max_length, vocab_size=None, allow_legacy_pickle=False, what="--data"):
-    """Refuse shards a model cannot train on: shards of different vocabularies, a vocabulary other than
-    `vocab_size` (the model's, when given), instances longer than the model's `max_length` positions. Reads only
-    each shard's metadata; the pretrainer calls it with the student's config before training. Returns the
-    shards' vocab_size (None for legacy shards)."""
-    first = None
-    for path in paths:
-        meta = read_shard_metadata(path, allow_legacy_pickle)
-        size = meta.get("vocab_size")
-        if size is not None:
-            if first is None:
-                first = (path, size)
-            elif size != first[1]:
-                raise BortError(f"{path}: vocab_size {size} differs from {first[0]}'s {first[1]}; all "
-                                f"{what} shards must come from one vocabulary")
-            if vocab_size is not None and size != vocab_size:
-                raise BortError(f"{path}: vocab_size {size} differs from the model's {vocab_size}")
-        elif vocab_size is not None and meta.get("min_vocab_size", 0) > vocab_size:
-            raise BortError(f"{path}: token id {meta['min_vocab_size'] - 1} is outside the model's vocabulary of "
-                            f"{vocab_size}")
-        longest = meta.get("max_seq_length")
-        if longest is not None and longest > max_length:
-            raise BortError(f"{path}: instances of up to {longest} tokens (max_seq_length) do not fit the model's "
-                            f"{max_length} positions; regenerate the shards with --max_seq_length {max_length} "
-                            "or smaller")
-    return first[1] if first else None
-
-
-def expand_paths(spec, directory_pattern="*", what="files"):
-    """Expand comma-separated paths, globs and directories into a de-duplicated list of files.
-
-    Globs and directories expand in sorted order. Raises a one-line BortError for an item that matches
-    nothing.
-    """
-    items = [item.strip() for item in str(spec).split(",") if item.strip()]
-    if not items:
-        raise BortError(f"no {what} given (expected comma-separated paths or globs)")
-    found, seen = [], set()
-    for item in items:
-        path = os.path.expanduser(item)
-        if os.path.isdir(path):
-            matches = sorted(p for p in glob.glob(os.path.join(glob.escape(path), directory_pattern))
-                             if os.path.isfile(p))
-            if not matches:
-                raise BortError(f"{item}: directory holds no {what} matching {directory_pattern}")
-        elif glob.has_magic(path):
-            matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
-            if not matches:
-                raise BortError(f"{item}: no {what} match this pattern")
-        elif os.path.isfile(path):
-            matches = [path]
-        else:
-            raise BortError(f"{item}: no such file or directory")
-        for match in matches:
-            if match not in seen:
-                seen.add(match)
-                found.append(match)
-    return found
-
-
-def list_shards(pattern_or_dir):
-    """Shard files from comma-separated paths, globs or directories (a directory means `dir/*.npz`)."""
-    return expand_paths(pattern_or_dir, directory_pattern="*.npz", what="shard files")
-
-
-def batchify(instances, pad_id):
-    """Pad a list of Instances into numpy arrays for one batch.
-
-    Returns input_ids (B, L) padded with `pad_id`, segment_ids (B, L), valid_length (B,),
-    masked_positions (B, K) padded with 0, masked_ids (B, K) padded with `pad_id`, masked_weights (B, K)
-    (1 for real predictions, 0 for padding) and next_sentence_label (B,).
-    """
-    instances = list(instances)
-    if not instances:
-        raise ValueError("batchify needs at least one instance")
-    batch = len(instances)
-    lengths = np.array([len(i.input_ids) for i in instances], dtype=np.int32)
-    counts = np.array([len(i.masked_positions) for i in instances], dtype=np.int32)
-    max_len, max_k = int(lengths.max()), max(1, int(counts.max()))
-    out = {
-        "input_ids": np.full((batch, max_len), pad_id, dtype=np.int32),
-        "segment_ids": np.zeros((batch, max_len), dtype=np.int32),
-        "valid_length": lengths,
-        "masked_positions": np.zeros((batch, max_k), dtype=np.int32),
-        "masked_ids": np.full((batch, max_k), pad_id, dtype=np.int32),
-        "masked_weights": np.zeros((batch, max_k), dtype=np.float32),
-        "next_sentence_label": np.array([int(i.next_sentence_label) for i in instances], dtype=np.int32),
-    }
-    for row, inst in enumerate(instances):
-        n, k = lengths[row], counts[row]
-        out["input_ids"][row, :n] = inst.input_ids
-        out["segment_ids"][row, :n] = inst.segment_ids
-        out["masked_positions"][row, :k] = inst.masked_positions
-        out["masked_ids"][row, :k] = inst.masked_ids
-        out["masked_weights"][row, :k] = 1.0
-    return out

@@ -24,7 +24,8 @@ import os
 
 
 from bort.io import atomic_write
-from bort.text.tokenizer import ROBERTA_SPECIALS, bytes_to_unicode
+from bort.text.byte_bpe import bytes_to_unicode
+from bort.text.vocab_files import ROBERTA_SPECIALS
 
 MERGES_HEADER = "#version: 0.2"
 

@@ -3,7 +3,8 @@ import os
 import subprocess
 import sys
 
-from bort.text.bpe_train import SOURCE_FILE, ensure_vocab, file_sha256, train_bpe
+from bort.io import file_sha256
+from bort.text.bpe_train import SOURCE_FILE, ensure_vocab, train_bpe
 from bort.text.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import pytest
 import bort  # noqa: F401
 import mxnet as mx
 
-from bort.weights import convert
+from bort.weights import convert, hf_files
 from bort.weights.checkpoint import load_arrays, save_parameters
 from bort.errors import BortError
 from bort.model import build_model, get_config
@@ -158,7 +158,7 @@ def test_unsupported_activations_and_heads_are_refused(tmp_path):
 
 def test_unexpected_and_missing_hf_weights(tmp_path):
     _roberta_mlm(tmp_path)
-    tensors = convert.read_safetensors(tmp_path / "model.safetensors")
+    tensors = hf_files.read_safetensors(tmp_path / "model.safetensors")
     hf = json.loads((tmp_path / "config.json").read_text())
     extra = dict(tensors, **{"roberta.encoder.layer.2.output.dense.weight": np.zeros((32, 48), np.float32)})
     with pytest.raises(BortError, match=r"unexpected 1: roberta.encoder.layer.2.output.dense.weight"):
@@ -187,20 +187,20 @@ def test_safetensors_reader_and_writer_match_the_reference(tmp_path):
     rng = np.random.RandomState(0)
     tensors = {"a": rng.randn(3, 4).astype(np.float32), "b": rng.randn(5).astype(np.float16),
                "c": np.arange(6, dtype=np.int64).reshape(2, 3), "empty": np.zeros((0, 2), np.float32)}
-    convert.write_safetensors(tmp_path / "ours.safetensors", tensors, metadata={"format": "pt"})
+    hf_files.write_safetensors(tmp_path / "ours.safetensors", tensors, metadata={"format": "pt"})
     theirs = safetensors_numpy.load_file(str(tmp_path / "ours.safetensors"))
     assert theirs.keys() == tensors.keys() and all(np.array_equal(theirs[k], tensors[k]) for k in tensors)
     safetensors_numpy.save_file(tensors, str(tmp_path / "ref.safetensors"))
-    ours = convert.read_safetensors(tmp_path / "ref.safetensors")
+    ours = hf_files.read_safetensors(tmp_path / "ref.safetensors")
     assert all(np.array_equal(ours[k], tensors[k]) and ours[k].dtype == tensors[k].dtype for k in tensors)
     bf16 = torch.randn(4, 3).to(torch.bfloat16)
     safetensors_torch.save_file({"w": bf16}, str(tmp_path / "bf16.safetensors"))
-    np.testing.assert_array_equal(convert.read_safetensors(tmp_path / "bf16.safetensors")["w"], bf16.float().numpy())
+    np.testing.assert_array_equal(hf_files.read_safetensors(tmp_path / "bf16.safetensors")["w"], bf16.float().numpy())
 
 
 def test_bad_safetensors_files_give_one_line_errors(tmp_path):
     good = tmp_path / "good.safetensors"
-    convert.write_safetensors(good, {"w": np.ones((64, 64), np.float32)})
+    hf_files.write_safetensors(good, {"w": np.ones((64, 64), np.float32)})
     data = good.read_bytes()
     cases = {"truncated": data[:-100], "short": data[:5], "garbage": b"\x10\x00\x00\x00\x00\x00\x00\x00not json{}..",
              "huge_header": b"\xff" * 8 + b"{}"}
@@ -208,7 +208,7 @@ def test_bad_safetensors_files_give_one_line_errors(tmp_path):
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(content)
         with pytest.raises(BortError) as err:
-            convert.read_safetensors(path)
+            hf_files.read_safetensors(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(BortError, match="no model.safetensors or pytorch_model.bin"):
         os.makedirs(tmp_path / "empty")
@@ -218,13 +218,13 @@ def test_bad_safetensors_files_give_one_line_errors(tmp_path):
 
 def test_sharded_safetensors(tmp_path):
     model = _roberta_mlm(tmp_path / "one")
-    tensors = convert.read_safetensors(tmp_path / "one" / "model.safetensors")
+    tensors = hf_files.read_safetensors(tmp_path / "one" / "model.safetensors")
     names = sorted(tensors)
     os.makedirs(tmp_path / "sharded")
     weight_map = {}
     for k, chunk in enumerate((names[::2], names[1::2])):
         shard = f"model-0000{k + 1}-of-00002.safetensors"
-        convert.write_safetensors(tmp_path / "sharded" / shard, {n: tensors[n] for n in chunk})
+        hf_files.write_safetensors(tmp_path / "sharded" / shard, {n: tensors[n] for n in chunk})
         weight_map.update({n: shard for n in chunk})
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (tmp_path / "sharded" / "config.json").write_text((tmp_path / "one" / "config.json").read_text())

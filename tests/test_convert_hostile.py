@@ -11,7 +11,7 @@ import pytest
 import bort  # noqa: F401
 import mxnet as mx
 
-from bort.weights import convert
+from bort.weights import convert, hf_files
 from bort.errors import BortError
 from bort.model import build_model, get_config
 
@@ -123,21 +123,21 @@ def _first_tensor(header):
 ])
 def test_malformed_safetensors_headers(hf_dir, tmp_path, edit, field):
     bad = _rewrite_header(hf_dir / "model.safetensors", tmp_path / "bad.safetensors", edit)
-    _one_line_error(lambda: convert.read_safetensors(bad), str(bad), field)
+    _one_line_error(lambda: hf_files.read_safetensors(bad), str(bad), field)
 
 
 def test_negative_shape_that_multiplies_to_the_right_size_is_refused(tmp_path):
     path = tmp_path / "w.safetensors"
-    convert.write_safetensors(path, {"w": np.ones((4, 4), np.float32)})
+    hf_files.write_safetensors(path, {"w": np.ones((4, 4), np.float32)})
     bad = _rewrite_header(path, tmp_path / "neg.safetensors", lambda h: h["w"].update(shape=[-4, -4]))
-    _one_line_error(lambda: convert.read_safetensors(bad), "shape")
+    _one_line_error(lambda: hf_files.read_safetensors(bad), "shape")
 
 
 def _sharded(hf_dir, dest, weight_map_of):
     os.makedirs(dest, exist_ok=True)
     (dest / "config.json").write_text((hf_dir / "config.json").read_text())
     (dest / "model-1.safetensors").write_bytes((hf_dir / "model.safetensors").read_bytes())
-    names = sorted(convert.read_safetensors(hf_dir / "model.safetensors"))
+    names = sorted(hf_files.read_safetensors(hf_dir / "model.safetensors"))
     (dest / "model.safetensors.index.json").write_text(json.dumps(weight_map_of(names)))
     return dest
 
@@ -165,6 +165,6 @@ def test_pickled_pytorch_bin_is_refused_without_torchs_weights_only_false_advice
 
     os.makedirs(tmp_path / "hf")
     torch.save({"w": Payload()}, str(tmp_path / "hf" / "pytorch_model.bin"))
-    message = _one_line_error(lambda: convert.read_hf_weights(str(tmp_path / "hf")), "pytorch_model.bin", "refused")
+    message = _one_line_error(lambda: hf_files.read_hf_weights(str(tmp_path / "hf")), "pytorch_model.bin", "refused")
     assert "weights_only" not in message and "False" not in message
     assert not (tmp_path / "ran").exists()

@@ -21,7 +21,9 @@ from bort.text.bpe_train import made_from
 from bort.weights.checkpoint import load_model
 from bort.pretrain.loop import encode_with_masks, topk_accuracy
 from bort.text.tokenizer import load_tokenizer
-from data.pretraining import batchify, list_shards, load_shard
+from data.collate import batchify
+from data.pretraining_format import load_shard
+from data.shard_files import list_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB_JSON = os.path.join(ROOT, "test_data/vocab/vocab.json")

@@ -21,7 +21,8 @@ from bort.pretrain.loop import (PretrainConfig, complete_checkpoints, parameters
                               split_shards)
 from bort.pretrain.batches import eval_batches
 from bort.train.distributed import Distributed
-from data.pretraining import list_shards, load_shard
+from data.pretraining_format import load_shard
+from data.shard_files import list_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),

@@ -13,9 +13,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bort.errors import BortError, run_cli
 from bort.text.tokenizer import load_tokenizer
-from data.pretraining import (InstanceBatch, Instance, batchify, create_pretraining_data, list_shards,
-                              load_shard, write_shard)
+from data.collate import batchify
+from data.pretraining import create_pretraining_data
+from data.pretraining_format import Instance, InstanceBatch, load_shard, write_shard
 from data.pretraining_instances import InstanceOptions
+from data.shard_files import list_shards
 
 SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
 VOCAB_JSON = os.path.join(ROOT, "test_data", "vocab", "vocab.json")
@@ -231,7 +233,7 @@ def test_summary_counts_match_the_input(tok, tmp_path):
 def test_byte_identical_whatever_the_worker_count(tok, tmp_path, monkeypatch):
     import multiprocessing
 
-    import data.pretraining as pretraining
+    import data.workers as data_workers
 
     corpus = write_corpus(tmp_path / "a.txt", 120, seed=5)
     corpus2 = write_corpus(tmp_path / "b.txt", 40, seed=6)
@@ -240,7 +242,7 @@ def test_byte_identical_whatever_the_worker_count(tok, tmp_path, monkeypatch):
     digests = {}
     for workers, method in ((1, None), (2, None), (3, None), (2, "forkserver")):
         if method:  # the start method used when MXNet or PyTorch is already imported
-            monkeypatch.setattr(pretraining, "_mp_context", lambda: multiprocessing.get_context(method))
+            monkeypatch.setattr(data_workers, "mp_context", lambda: multiprocessing.get_context(method))
         out = tmp_path / f"w{workers}{method}"
         summary = run(tok, inputs, out, options=options, num_workers=workers, num_outputs=3, chunk_bytes=2000)
         assert len(shards(out)) == 3

@@ -15,10 +15,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from bort.errors import BortError
+from bort.runtime import process_alive, process_descendants
 from bort.text.tokenizer import load_tokenizer
 from data import pretraining
-from data.pretraining_format import InstanceBatch, ShardWriter, check_shards_fit, load_shard
+from data.pretraining_format import InstanceBatch, ShardWriter, load_shard
 from data.pretraining_instances import InstanceOptions
+from data.shard_files import check_shards_fit
 
 SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data", "vocab", "vocab.json"),
@@ -36,34 +38,6 @@ def _corpus(path, megabytes):
     return path
 
 
-def _children(pid):
-    """All live descendants of `pid` (workers, a fork server and its workers)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _start(tmp_path, out):
     corpus = _corpus(tmp_path / "corpus.txt", 6)
     proc = subprocess.Popen([sys.executable, "create_pretraining_data.py", "--input_file", str(corpus),
@@ -74,7 +48,7 @@ def _start(tmp_path, out):
     workers = []
     while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
         time.sleep(0.2)
-        workers = _children(proc.pid)
+        workers = process_descendants(proc.pid)
     assert len(workers) >= 2, "the workers never started"
     time.sleep(1.0)  # let them take chunks
     assert proc.poll() is None, "the run finished before it could be interrupted; use a larger corpus"
@@ -83,9 +57,9 @@ def _start(tmp_path, out):
 
 def _wait_gone(pids, seconds=15):
     deadline = time.time() + seconds
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    while time.time() < deadline and any(process_alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if process_alive(p)]
 
 
 def _no_shard_files(out):
@@ -95,7 +69,7 @@ def _no_shard_files(out):
 def _cleanup(proc, workers):
     """Whatever the outcome, leave no process of the test behind."""
     for pid in [proc.pid] + workers:
-        if _alive(pid):
+        if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
     proc.communicate()
 

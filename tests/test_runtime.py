@@ -2,8 +2,9 @@
 import os
 import subprocess
 import sys
+import time
 
-from bort.runtime import available_cores
+from bort.runtime import available_cores, process_alive, process_descendants
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,3 +35,27 @@ def test_inherited_default_is_recomputed_but_a_user_value_is_kept():
     assert inherited == 1
     assert threads_in_child(OMP_NUM_THREADS="7", BORT_THREADS_DEFAULTED=str(cores)) == 7
     assert threads_in_child(OMP_NUM_THREADS="3") == 3
+
+
+def test_process_descendants_finds_grandchildren_and_process_alive_sees_them_go():
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(child.pid, flush=True)\ntime.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    grandchild = None
+    try:
+        grandchild = int(proc.stdout.readline())
+        assert process_descendants(proc.pid) == [grandchild]
+        assert process_alive(proc.pid) and process_alive(grandchild)
+        assert proc.pid in process_descendants(os.getpid())
+    finally:
+        for pid in (grandchild, proc.pid):
+            if pid is not None:
+                os.kill(pid, 9)
+        proc.wait()
+    assert not process_alive(proc.pid)  # reaped
+    for _ in range(100):  # the grandchild, orphaned, is reaped by init
+        if not process_alive(grandchild):
+            break
+        time.sleep(0.05)
+    assert not process_alive(grandchild)

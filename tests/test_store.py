@@ -15,7 +15,7 @@ from bort.pretrain.distill import load_teacher
 from bort.errors import BortError
 from bort.model import CONFIGS, build_model, get_config
 from bort.pretrain.loop import PretrainConfig, pretrain
-from bort.text.tokenizer import _sha1
+from bort.text.gluonnlp_files import file_sha1
 from bort.train.optim import Distributed, create_trainer, trainable_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +56,7 @@ def test_teacher_from_gluonnlp_store_without_network(store_home, monkeypatch):
     _, want = original(ids, valid, positions)
     tmp = models / "download.tmp"
     original.save_parameters(str(tmp))
-    sha1 = _sha1(tmp)
+    sha1 = file_sha1(tmp)
     name = "roberta_store_test_test_corpus"
     os.replace(tmp, models / f"{name}-{sha1[:8]}.params")
     monkeypatch.setitem(store._registered_sha1(), name, sha1)

@@ -25,7 +25,8 @@ from bort.model import build_model, get_config
 from bort.pretrain.loop import PretrainConfig, materialize, parameters_digest, pretrain, to_nd
 from bort.pretrain.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache)
 from bort.pretrain.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
-from data.pretraining import batchify, load_shard
+from data.collate import batchify
+from data.pretraining_format import load_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),

@@ -9,7 +9,10 @@ import unicodedata
 
 import pytest
 
+from bort.text import gluonnlp_files as gf
 from bort.text import tokenizer as tk
+from bort.text.byte_bpe import load_gluonnlp_bpe
+from bort.text.sentencepiece_model import train_sentencepiece
 from bort.errors import BortError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +97,8 @@ def test_sample_text_format(sample_lines):
     sentences = [line for line in sample_lines if line.strip()]
     assert 20 <= len(sentences) <= 150
     assert any(any(ord(ch) > 127 for ch in line) for line in sentences)
-    from bort.text.bpe_train import SOURCE_FILE, file_sha256  # noqa: PLC0415
+    from bort.io import file_sha256  # noqa: PLC0415
+    from bort.text.bpe_train import SOURCE_FILE  # noqa: PLC0415
     if file_sha256(SAMPLE) == open(os.path.join(ROOT, "test_data", "vocab", SOURCE_FILE)).read().strip():
         assert len(documents) >= 4 and 80 <= len(sentences)  # the bundled text also has whitespace runs and tabs
         assert any("\t" in line or "  " in line for line in sentences)
@@ -188,7 +192,7 @@ def test_gluonnlp_vocab_json_flavour(roberta, tmp_path, sample_lines):
                                                                "padding_token": "<pad>", "mask_token": "<mask>"}}
     path = tmp_path / "roberta.vocab"
     path.write_text(json.dumps(obj), encoding="utf-8")
-    gluon_tok = tk.load_gluonnlp_bpe(path, HF_FILES["merges"])
+    gluon_tok = load_gluonnlp_bpe(path, HF_FILES["merges"])
     nlp = pytest.importorskip("gluonnlp")
     gluon_vocab = nlp.Vocab.from_json(path.read_text(encoding="utf-8"))
     for text in sample_lines[:20]:
@@ -206,8 +210,8 @@ def test_dataset_name_uses_gluonnlp_cache(monkeypatch, tmp_path, roberta):
                                                                 "padding_token": "<pad>", "mask_token": "<mask>"}}))
     merges_path = tmp_path / "ranks.json"
     merges_path.write_bytes(open(HF_FILES["merges"], "rb").read())
-    files = {"vocab": (vocab_path.name, tk._sha1(vocab_path)), "merges": (merges_path.name, tk._sha1(merges_path))}
-    monkeypatch.setitem(tk.GLUONNLP_FILES, "tiny_test_vocab", files)
+    files = {"vocab": (vocab_path.name, gf.file_sha1(vocab_path)), "merges": (merges_path.name, gf.file_sha1(merges_path))}
+    monkeypatch.setitem(gf.GLUONNLP_FILES, "tiny_test_vocab", files)
     monkeypatch.setenv("MXNET_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     os.symlink(tmp_path, tmp_path / "home" / "models")
@@ -215,7 +219,7 @@ def test_dataset_name_uses_gluonnlp_cache(monkeypatch, tmp_path, roberta):
     def no_download(*args):
         raise AssertionError("cached files must be used without fetching")
 
-    monkeypatch.setattr(tk, "_download_with_gluonnlp", no_download)
+    monkeypatch.setattr(gf, "download_with_gluonnlp", no_download)
     tok = tk.load_tokenizer(dataset_name="tiny_test_vocab")
     assert tok.encode("The harbor is quiet.") == roberta.encode("The harbor is quiet.")
     # files given explicitly take precedence over a default --dataset_name
@@ -228,9 +232,9 @@ def test_dataset_name_fetch_failure_is_one_line(monkeypatch, tmp_path):
     def offline(*args):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(tk, "_download_with_gluonnlp", offline)
+    monkeypatch.setattr(gf, "download_with_gluonnlp", offline)
     with pytest.raises(BortError) as err:
-        tk.load_tokenizer(dataset_name=tk.GLUONNLP_DATASET)
+        tk.load_tokenizer(dataset_name=gf.GLUONNLP_DATASET)
     message = str(err.value)
     assert "\n" not in message and "network is unreachable" in message
     assert "--vocab_json/--merges" in message and "--encoder_json/--vocab_bpe/--dict_txt" in message
@@ -277,7 +281,7 @@ def test_word_starts(roberta):
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("spm") / "sample"
-    return tk.train_sentencepiece([SAMPLE], prefix, vocab_size=600)
+    return train_sentencepiece([SAMPLE], prefix, vocab_size=600)
 
 
 def test_sentencepiece_train_load_round_trip(sp_model, sample_lines):
@@ -303,7 +307,7 @@ def test_sentencepiece_errors(tmp_path):
     with pytest.raises(BortError, match="bad.model: expected a SentencePiece"):
         tk.load_tokenizer(sentencepiece=str(bad))
     with pytest.raises(BortError, match="missing.txt: file not found"):
-        tk.train_sentencepiece([str(tmp_path / "missing.txt")], tmp_path / "x", 100)
+        train_sentencepiece([str(tmp_path / "missing.txt")], tmp_path / "x", 100)
     assert not list(tmp_path.glob("x.*"))
 
 
@@ -443,9 +447,9 @@ def test_cli_errors_exit_2(tmp_path):
 def test_shared_cli_flags(sp_model):
     import argparse
 
-    parser = tk.add_tokenizer_args(argparse.ArgumentParser(), dataset_name=tk.GLUONNLP_DATASET)
+    parser = tk.add_tokenizer_args(argparse.ArgumentParser(), dataset_name=gf.GLUONNLP_DATASET)
     args = parser.parse_args(["--sentencepiece", sp_model])
-    assert args.dataset_name == tk.GLUONNLP_DATASET
+    assert args.dataset_name == gf.GLUONNLP_DATASET
     assert tk.tokenizer_from_args(args).mask_id == 4  # files win over the default dataset name
     args = parser.parse_args(["--vocab_json", HF_FILES["vocab_json"], "--merges", HF_FILES["merges"]])
     assert tk.tokenizer_from_args(args).encode("the sea") == tk.load_tokenizer(**HF_FILES).encode("the sea")

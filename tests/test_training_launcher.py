@@ -13,7 +13,9 @@ import pytest
 from bort.text.bpe_train import made_from
 from bort.weights.checkpoint import load_model
 from bort.pretrain.mlm import topk_accuracy
-from data.pretraining import batchify, list_shards, load_shard
+from data.collate import batchify
+from data.pretraining_format import load_shard
+from data.shard_files import list_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "run_pretraining_distillation.sh")

@@ -17,7 +17,9 @@ import bort  # noqa: F401
 import mxnet as mx
 import numpy as np
 
-from data.pretraining import batchify, list_shards, load_shard
+from data.collate import batchify
+from data.pretraining_format import load_shard
+from data.shard_files import list_shards
 
 from bort.pretrain import teacher_cache
 from bort.errors import BortError

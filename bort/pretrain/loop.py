@@ -33,7 +33,7 @@ from bort.profiling import StepProfiler
 from bort.weights.store import resume_original
 from bort.train.optim import (Distributed, DynamicLossScaler, GradientStep, LinearWarmupDecay, create_trainer, set_seed,
                        step_seed, trainable_parameters)
-from data.pretraining import list_shards
+from data.shard_files import list_shards
 
 log = logging.getLogger(__name__)
 

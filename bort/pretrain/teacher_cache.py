@@ -286,7 +286,8 @@ def cache_shard(teacher, shard_path, out_path, k, temperature, batch_size=32, ct
                 teacher_info=None, allow_legacy_pickle=False):
     """Run `teacher` over every masked position of one shard and write its cache; returns (positions, bytes, sum
     of the rest masses)."""
-    from data.pretraining import batchify, load_shard  # noqa: PLC0415  (data/ imports bort, not the reverse)
+    from data.collate import batchify  # noqa: PLC0415  (data/ imports bort, not the reverse)
+    from data.pretraining_format import load_shard  # noqa: PLC0415
 
     ctx = ctx or mx.cpu()
     shard = load_shard(shard_path, allow_legacy_pickle=allow_legacy_pickle)
@@ -330,7 +331,8 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
                 overwrite=False, allow_legacy_pickle=False, seed=0, dist=None, progress=True):
     """Cache the teacher's top-k for every shard of `data`; rank r of `dist` takes shards i with i mod size == r.
     A shard whose cache exists and passes every check is skipped unless `overwrite`. Returns totals over ranks."""
-    from data.pretraining import list_shards, load_shard  # noqa: PLC0415
+    from data.pretraining_format import load_shard  # noqa: PLC0415
+    from data.shard_files import list_shards  # noqa: PLC0415
 
     from bort.pretrain.distill import load_teacher  # noqa: PLC0415
     from bort.train.optim import Distributed, set_seed  # noqa: PLC0415

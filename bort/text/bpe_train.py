@@ -18,8 +18,9 @@ import os
 import shutil
 
 from bort.errors import BortError, run_cli
-from bort.io import atomic_write, file_sha256  # noqa: F401  (file_sha256: re-exported for the tests)
-from bort.text.tokenizer import GPT2_PATTERN, ROBERTA_SPECIALS, _regex, bytes_to_unicode
+from bort.io import atomic_write, file_sha256
+from bort.text.byte_bpe import bytes_to_unicode, compile_gpt2_pattern
+from bort.text.vocab_files import ROBERTA_SPECIALS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ MERGES_HEADER = "#version: 0.2"
 
 def _words(lines):
     """Pre-token counts (GPT-2's regex, bytes shown as GPT-2's printable symbols)."""
-    pattern, byte_symbol = _regex().compile(GPT2_PATTERN), bytes_to_unicode()
+    pattern, byte_symbol = compile_gpt2_pattern(), bytes_to_unicode()
     counts = collections.Counter()
     for line in lines:
         line = line.rstrip("\n")

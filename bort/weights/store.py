@@ -16,7 +16,7 @@ import re
 
 from bort.errors import BortError
 from bort.paths import RELEASED_BORT
-from bort.text.tokenizer import _sha1, gluonnlp_models_dir
+from bort.text.gluonnlp_files import file_sha1, gluonnlp_models_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def pretrained_params(model_name, dataset_name=None, root=None):
                         f"teacher checkpoint with --teacher_ckpt_dir (or --random_teacher, for tests)")
     root = os.path.expanduser(root or gluonnlp_models_dir())
     path = os.path.join(root, f"{name}-{sha1[:8]}.params")
-    if os.path.isfile(path) and _sha1(path) == sha1:
+    if os.path.isfile(path) and file_sha1(path) == sha1:
         return path
     log.info("%s: not in gluon-nlp's model store; fetching it", path)
     try:
