@@ -272,7 +272,7 @@ def malformed_files(sweep, cls):
     state["data_positions"] = "everywhere"
     _write_json(os.path.join(state_dir, "step_0000001.state.json"), state)
     sweep.add(cls, ".state.json with the right JSON but the wrong structure",
-              pretrain[:5] + ["--num_steps", "2", "--batch_size", "4", "--no_progress", "--data", shards,
+              pretrain + ["--num_steps", "2", "--data", shards,
                               "--ckpt_dir", state_dir, "--start_step", "1"])
     sweep.add(cls, "full disk while writing a shard",
               _patched(ENOSPC + "import shutil; shutil.copyfileobj = full", "create_pretraining_data.py",
