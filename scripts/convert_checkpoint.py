@@ -17,6 +17,7 @@ import sys
 import bort  # noqa: E402,F401  (thread setup before mxnet)
 from bort.weights import convert
 from bort.weights.checkpoint import load_arrays, load_parameters, read_config, save_parameters
+from bort.weights.parity import verify_parity
 from bort.errors import run_cli
 from bort.model import build_model, get_config
 
@@ -67,7 +68,7 @@ def main(argv=None):
                             ignore_extra=() if has_head else ("decoder.",))
         hf_dir = args.output
     if args.verify:
-        diffs = convert.verify_parity(model, hf_dir)
+        diffs = verify_parity(model, hf_dir)
         print(" ".join(f"{k}={v:.3g}" for k, v in diffs.items() if k != "max_abs_diff"))
         print(f"max_abs_diff={diffs['max_abs_diff']:.6g}")
         if diffs["max_abs_diff"] > args.tolerance:
