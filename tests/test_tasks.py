@@ -4,7 +4,8 @@ import os
 import pytest
 
 from bort.errors import BortError
-from bort.finetune.tasks import SequenceEncoder, TASKS, get_task, official_score, truncate_equal
+from bort.finetune.tasks import TASKS, get_task, official_score
+from bort.text.encoding import SequenceEncoder, truncate_equal
 from bort.text.tokenizer import load_tokenizer
 
 DIRS = {"glue": "test_data/glue/", "superglue": "test_data/superglue/", "race": "test_data/race"}
