@@ -1,19 +1,11 @@
 """The kinds of task, one class each: what a task's examples become (instances), how per-instance scores become
-predictions, metrics and leaderboard files. The registry of tasks (bort.finetune.tasks) builds instances of them.
+predictions, metrics and leaderboard files. The registry (bort.finetune.tasks) builds one instance per task.
 
-Encoding follows the original Bort fine-tuning: `<s> A </s>` for one text and `<s> A </s> B </s>` for a pair
-(one separator, as its `concat_sequences`), both texts truncated to equal shares of `max_len` (bort/text/encoding.py).
-
-- ClassificationTask / RegressionTask: one sequence per example (STS-B: one output, L2 loss). With spans (WiC,
-  WSC) the head also gets the mean of the span tokens (see bort/finetune/heads.py).
-- MultipleChoiceTask (RACE), CopaTask: one sequence per option, one score each, softmax over the options. COPA's
-  option is "premise because|so choice" (the original's phrasing); RACE's is the pair (article, question + option).
-- MultiAnswerTask (MultiRC): one pair (passage, question + answer) per answer option, classified false/true.
-- EntityTask (ReCoRD): one pair (passage, query with @placeholder replaced by the entity) per candidate entity,
-  classified false/true; the prediction is the candidate with the highest score. Training uses the original's
-  semi-balanced set (positives paired with as many negatives).
-
-The benchmark (glue, superglue, race) decides where the data lies, its reader and the file format of the leaderboard.
+ClassificationTask (GLUE, most of SuperGLUE; with spans: WiC, WSC), RegressionTask (STS-B), MultipleChoiceTask
+(CopaTask, RaceTask), MultiAnswerTask (MultiRC), EntityTask (ReCoRD). Texts are encoded as the original Bort
+fine-tuning did: `<s> A </s>` or `<s> A </s> B </s>`, both texts truncated to equal shares of `max_len`
+(bort/text/encoding.py). A task's benchmark (glue, superglue, race) decides where its data lies, the reader and the
+leaderboard file's format.
 """
 import dataclasses
 import json
