@@ -5,18 +5,22 @@
     python finetune_bort.py --task_name MRPC --only_inference --model_parameters output_dir/model_bort_MRPC.params
 
 Flags and defaults are the original's; see the README ('Fine-tuning'), docs/differences-finetuning.md and
-bort/finetune/loop.py. Every flag of the original's finetune_bort.py parses; its data-location flags
+bort/finetune/config.py. Every flag of the original's finetune_bort.py parses; its data-location flags
 (--multirc_test_location, --record_test_location, --record_dev_location, --race_dataset_location) are mapped onto
---data_dir.
+--data_dir. The flags become a `FinetuneConfig` (bort.finetune.config); `bort.finetune.loop.run` does the rest.
 """
 import argparse
+import dataclasses
 import logging
 import os
 
 import bort  # noqa: F401  (before mxnet)
 from bort.errors import BortError, run_cli
+from bort.finetune.config import FinetuneConfig
 from bort.finetune.tasks import get_task, task_names
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
+
+D = FinetuneConfig()
 
 
 def get_parser():
@@ -30,43 +34,43 @@ def get_parser():
     p.add_argument("--diagnostic_data_dir", default=None,
                    help="GLUE diagnostic (AX) directory with diagnostic.tsv, predicted with the MNLI model "
                         "(default: ~/.mxnet/datasets/glue_diagnostic)")
-    p.add_argument("--epochs", type=int, default=3, help="number of epochs")
-    p.add_argument("--ramp_up_epochs", type=int, default=3,
+    p.add_argument("--epochs", type=int, default=D.epochs, help="number of epochs")
+    p.add_argument("--ramp_up_epochs", type=int, default=D.ramp_up_epochs,
                    help="epochs over which the warmup/decay schedule runs")
     p.add_argument("--training_steps", type=int, default=None, help="total steps (overrides --epochs)")
-    p.add_argument("--batch_size", type=int, default=32, help="examples per device and step")
-    p.add_argument("--dev_batch_size", type=int, default=8, help="batch size for dev and test")
-    p.add_argument("--init", default="uniform", choices=["gaussian", "uniform", "orthogonal", "xavier"],
+    p.add_argument("--batch_size", type=int, default=D.batch_size, help="examples per device and step")
+    p.add_argument("--dev_batch_size", type=int, default=D.dev_batch_size, help="batch size for dev and test")
+    p.add_argument("--init", default=D.init, choices=["gaussian", "uniform", "orthogonal", "xavier"],
                    help="initialization of the task head")
-    p.add_argument("--prob", type=float, default=0.5, help="scale of the head's initialization")
-    p.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
-    p.add_argument("--epsilon", type=float, default=1e-6, help="Adam epsilon")
-    p.add_argument("--warmup_ratio", type=float, default=0.1, help="fraction of the steps spent warming up")
-    p.add_argument("--weight_decay", type=float, default=0.01)
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout of the task head")
+    p.add_argument("--prob", type=float, default=D.prob, help="scale of the head's initialization")
+    p.add_argument("--lr", type=float, default=D.lr, help="peak learning rate")
+    p.add_argument("--epsilon", type=float, default=D.epsilon, help="Adam epsilon")
+    p.add_argument("--warmup_ratio", type=float, default=D.warmup_ratio, help="fraction of the steps spent warming up")
+    p.add_argument("--weight_decay", type=float, default=D.weight_decay)
+    p.add_argument("--dropout", type=float, default=D.dropout, help="dropout of the task head")
     p.add_argument("--max_len", type=int, default=None,
                    help="maximum sequence length with special tokens (default 512, or the model's positions if fewer)")
-    p.add_argument("--seed", type=int, default=2)
+    p.add_argument("--seed", type=int, default=D.seed)
     p.add_argument("--gpu", type=int, default=None, help="GPU to use; 999 or unset: CPU")
     p.add_argument("--accumulate", type=int, default=None, help="batches per update (gradient accumulation)")
-    p.add_argument("--log_interval", type=int, default=10, help="steps between training log records")
+    p.add_argument("--log_interval", type=int, default=D.log_interval, help="steps between training log records")
     p.add_argument("--no_distributed", nargs="?", const=True, default=False, type=parse_bool,
                    help="do not use Horovod even when launched by horovodrun (the original's form "
                         "'--no_distributed True' works too)")
-    p.add_argument("--model_config", default="bort_4_8_768_1024",
+    p.add_argument("--model_config", default=D.model_config,
                    help="architecture when the parameter file has no JSON beside it (or with "
                         "--pretrained_parameters none)")
-    p.add_argument("--pretrained_parameters", default="model/bort.params",
+    p.add_argument("--pretrained_parameters", default=D.pretrained_parameters,
                    help="pretrained Bort parameters ('none': random initialization, for tests)")
     p.add_argument("--model_parameters", default=None, help="a fine-tuned checkpoint (of this task)")
-    p.add_argument("--output_dir", default="./output_dir", help="checkpoints, metrics.jsonl, leaderboard files")
+    p.add_argument("--output_dir", default=D.output_dir, help="checkpoints, metrics.jsonl, leaderboard files")
     p.add_argument("--only_inference", action="store_true", help="skip training: evaluate dev, predict test")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--dtype", default=D.dtype, choices=["float32", "float16"])
     p.add_argument("--early_stop", type=int, default=None, help="epochs without dev improvement before stopping")
     p.add_argument("--cb_expansion", action="store_true",
                    help="CB: shorten texts of more than three sentences to their last four pieces, as the original "
                         "always did (its CBExpansion); default: keep them whole (see docs/differences-finetuning.md)")
-    p.add_argument("--race_submission_format", default="json", choices=["json", "original"],
+    p.add_argument("--race_submission_format", default=D.race_submission_format, choices=["json", "original"],
                    help="RACE test predictions: 'json' writes <TASK>.json {question id: letter}; 'original' writes "
                         "the original's RACE-M.txt / RACE-H.txt (each test article as one JSON line with 'answers' "
                         "replaced by the predicted letters)")
@@ -131,18 +135,26 @@ def apply_location_flags(args):
     return args
 
 
+def finetune_config(args):
+    """The FinetuneConfig of parsed flags (after apply_location_flags); the vocabulary flags are the tokenizer's
+    (tokenizer_from_args), --momentum and --use_scheduler are accepted and unused, as in the original."""
+    return FinetuneConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(FinetuneConfig)})
+
+
 def main(argv=None):
     args = apply_location_flags(get_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
-    from bort.finetune.loop import check_model_files, run
+    from bort.finetune.checkpoints import check_model_files
+    from bort.finetune.loop import run
     from bort.locking import release_directory
 
-    check_model_files(args)
+    config = finetune_config(args)
+    check_model_files(config)
     try:
-        result = run(args, tokenizer_from_args(args))
+        result = run(config, tokenizer_from_args(args))
     except BaseException:  # bort.locking: let go of --output_dir now, and remove it if this run created it empty
-        release_directory(args.output_dir, remove_if_unused=True)
+        release_directory(config.output_dir, remove_if_unused=True)
         raise
     if result.get("checkpoint"):
         print(f"checkpoint={result['checkpoint']}")

@@ -62,14 +62,14 @@ def finetune(task_name, data_dir, out_dir, config_path, vocab, args):
             "--max_len", str(max_len), "--seed", str(args.seed), "--output_dir", out_dir,
             "--init", "gaussian", "--prob", "0.02", "--sentencepiece", vocab]
     ft_args = finetune_bort.get_parser().parse_args(argv)
-    result = run(ft_args, tokenizer_from_args(ft_args))
+    result = run(finetune_bort.finetune_config(ft_args), tokenizer_from_args(ft_args))
     return result["checkpoint"], max_len, result.get("score")
 
 
 def evaluate_modes(task_name, data_dir, checkpoint, max_len, tokenizer, modes, calib_size, batch_size):
     import numpy as np
 
-    from bort.finetune.loop import load_task_checkpoint
+    from bort.finetune.checkpoints import load_task_checkpoint
     from bort.inference.modes import calibration_batches, predict_task, prepare
     from bort.finetune.tasks import get_task
 

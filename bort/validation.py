@@ -35,30 +35,36 @@ def _config_beside(params_path, fallback):
     return get_config(path) if os.path.isfile(path) else get_config(fallback)
 
 
-def finetune_model_config(args, tokenizer):
-    """(ModelConfig, its source) that a fine-tuning run will use, read from JSON files only (no weights)."""
-    if args.model_parameters and os.path.isfile(args.model_parameters):
-        return _config_beside(args.model_parameters, args.model_config), args.model_parameters
-    source = args.pretrained_parameters
+def finetune_model_config(config, tokenizer):
+    """(ModelConfig, its source) that a fine-tuning run (a bort.finetune.config.FinetuneConfig) will use, read from
+    JSON files only (no weights); (None, None) when the pretrained parameters are missing."""
+    if config.model_parameters and os.path.isfile(config.model_parameters):
+        return _config_beside(config.model_parameters, config.model_config), config.model_parameters
+    source = config.pretrained_parameters
     if not source or source.lower() == "none":
         from bort.model import get_config  # noqa: PLC0415
 
-        return get_config(args.model_config, vocab_size=tokenizer.vocab_size), f"--model_config {args.model_config}"
+        return (get_config(config.model_config, vocab_size=tokenizer.vocab_size),
+                f"--model_config {config.model_config}")
     if os.path.isfile(source):
-        return _config_beside(source, args.model_config), source
+        return _config_beside(source, config.model_config), source
     return None, None
 
 
-def check_finetune_inputs(args, tokenizer):
-    """--max_len within the model's positions; a fine-tuned checkpoint's vocabulary equal to the tokenizer's."""
-    config, source = finetune_model_config(args, tokenizer)
-    if args.max_len is None:  # not given: the original's 512, or fewer for a model with fewer positions
-        args.max_len = min(DEFAULT_MAX_LEN, config.max_length) if config is not None else DEFAULT_MAX_LEN
-    if config is None:
-        return
-    check_max_len(args.max_len, config, source)
-    if args.model_parameters and source == args.model_parameters:
-        check_vocab_matches(config, tokenizer, source)
+def check_finetune_inputs(config, tokenizer):
+    """--max_len within the model's positions; a fine-tuned checkpoint's vocabulary equal to the tokenizer's.
+    Returns the max_len to use: config.max_len, or when unset the original's 512 (fewer for a model with fewer
+    positions)."""
+    model_config, source = finetune_model_config(config, tokenizer)
+    max_len = config.max_len
+    if max_len is None:
+        max_len = min(DEFAULT_MAX_LEN, model_config.max_length) if model_config is not None else DEFAULT_MAX_LEN
+    if model_config is None:
+        return max_len
+    check_max_len(max_len, model_config, source)
+    if config.model_parameters and source == config.model_parameters:
+        check_vocab_matches(model_config, tokenizer, source)
+    return max_len
 
 
 def check_segment(task, segment, flag="--segment"):
@@ -68,9 +74,9 @@ def check_segment(task, segment, flag="--segment"):
         raise BortError(f"{flag} {segment!r}: {task.name} has no such segment; expected one of {known}")
 
 
-def check_positive(args, flags):
-    for flag in flags:
-        value = getattr(args, flag)
+def check_positive(values):
+    """`values`: {flag name: value}; each one None or at least 1."""
+    for flag, value in values.items():
         if value is not None and value < 1:
             raise BortError(f"--{flag}: must be a positive integer, got {value}")
 

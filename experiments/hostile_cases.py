@@ -144,7 +144,7 @@ def _shard_variant(sweep, good, name, edit=None, meta=None):
 def _sst2_checkpoint(path):
     import mxnet as mx
 
-    from bort.finetune.loop import build_task_model, save_task_checkpoint
+    from bort.finetune.checkpoints import build_task_model, save_task_checkpoint
     from bort.model import get_config
     from bort.finetune.tasks import get_task
 

@@ -17,7 +17,7 @@ from bort.agora.grid import inference_command
 from bort.agora.data_files import raw_label, split_dev, write_examples
 from bort.agora.rounds import Labeler, prune
 from bort.errors import BortError, run_cli
-from bort.finetune.loop import build_task_model, save_task_checkpoint
+from bort.finetune.checkpoints import build_task_model, save_task_checkpoint
 from bort.weights.checkpoint import save_parameters
 from bort.model import build_model, get_config
 from bort.finetune.tasks import get_task

@@ -111,3 +111,32 @@ def test_multirc_question_without_answers_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "field 'answers' is empty" in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_training_without_a_test_file_writes_no_leaderboard_file(tmp_path, capsys):
+    """A missing test file only means no submission; a test file that is there but broken is an error (before any
+    output), and so is a broken diagnostic file beside the data (MNLI's AX)."""
+    import shutil  # noqa: PLC0415
+
+    data = tmp_path / "WNLI"
+    data.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copy(f"test_data/glue/WNLI/{name}", data / name)
+    out = tmp_path / "out"
+    cli(["--task_name", "WNLI", "--data_dir", str(data), "--output_dir", str(out), "--training_steps", "1",
+         "--batch_size", "4"] + TINY)
+    result = json.loads((out / "result.json").read_text())
+    assert result["submissions"] == [] and not (out / "WNLI.tsv").exists()
+    (data / "test.tsv").write_text("index\tsentence1\n0\ta\n")
+    with pytest.raises(SystemExit):
+        cli(["--task_name", "WNLI", "--data_dir", str(data), "--output_dir", str(tmp_path / "out2")] + TINY)
+    assert "test.tsv:1: missing column 'sentence2'" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
+    mnli = tmp_path / "MNLI"
+    shutil.copytree("test_data/glue/MNLI", mnli)
+    (tmp_path / "AX").mkdir()
+    (tmp_path / "AX" / "diagnostic.tsv").write_text("index\tsentence1\n0\ta\n")
+    with pytest.raises(SystemExit):
+        cli(["--task_name", "MNLI", "--only_inference", "--model_parameters", str(out / "model_bort_WNLI.params"),
+             "--data_dir", str(mnli), "--output_dir", str(tmp_path / "out3")] + TINY)
+    assert "diagnostic.tsv:1: missing column 'sentence2'" in capsys.readouterr().err

@@ -152,7 +152,7 @@ VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vo
 
 
 def _task_setup(name, data_dir, segment):
-    from bort.finetune.loop import build_task_model
+    from bort.finetune.checkpoints import build_task_model
     from bort.finetune.tasks import get_task
     from bort.text.tokenizer import load_tokenizer
 
@@ -170,7 +170,7 @@ def _task_setup(name, data_dir, segment):
 @pytest.mark.parametrize("name,data_dir,segment", [("SST-2", "test_data/glue/SST-2", "dev"),
                                                    ("COPA", "test_data/superglue/COPA", "dev")])
 def test_predict_task_matches_the_task_model(name, data_dir, segment):
-    from bort.finetune.loop import predict_outputs
+    from bort.finetune.predict import predict_outputs
     from bort.inference.modes import predict_task
 
     task, tokenizer, model, examples, instances = _task_setup(name, data_dir, segment)
@@ -182,9 +182,9 @@ def test_predict_task_matches_the_task_model(name, data_dir, segment):
 
 def test_predict_script_fp32_and_int8(tmp_path):
     import json
-    import scripts.predict as predict
-    from bort.errors import run_cli
-    from bort.finetune.loop import predict_outputs, save_task_checkpoint
+    from bort.finetune.checkpoints import save_task_checkpoint
+    from bort.finetune.predict import predict_outputs
+    from bort.inference.task_prediction import PredictConfig, predict_segment
 
     task, tokenizer, model, examples, instances = _task_setup("SST-2", "test_data/glue/SST-2", "dev")
     ckpt = tmp_path / "sst2.params"
@@ -192,9 +192,9 @@ def test_predict_script_fp32_and_int8(tmp_path):
     expected = task.predict(examples, instances, predict_outputs(task, model, instances, tokenizer.pad_id))
     for mode in ("fp32", "int8"):
         out = tmp_path / mode
-        run_cli(predict.main)(["--task_name", "SST-2", "--model_parameters", str(ckpt), "--data_dir",
-                               "test_data/glue/SST-2", "--segment", "dev", "--mode", mode, "--max_len", "64",
-                               "--batch_size", "8", "--output_dir", str(out)] + VOCAB)
+        predict_segment(PredictConfig(task_name="SST-2", model_parameters=str(ckpt), data_dir="test_data/glue/SST-2",
+                                      segment="dev", mode=mode, max_len=64, batch_size=8, output_dir=str(out)),
+                        tokenizer)
         rows = [json.loads(line) for line in (out / "SST-2.dev.predictions.jsonl").read_text().splitlines()]
         assert [r["idx"] for r in rows] == [ex["idx"] for ex in examples]
         agree = np.mean([r["prediction"] == e for r, e in zip(rows, expected)])
@@ -208,7 +208,7 @@ def test_predict_script_on_the_naive_engine_matches_the_threaded_one(tmp_path):
     import subprocess
     import sys
 
-    from bort.finetune.loop import save_task_checkpoint
+    from bort.finetune.checkpoints import save_task_checkpoint
 
     task, tokenizer, model, examples, instances = _task_setup("SST-2", "test_data/glue/SST-2", "dev")
     ckpt = tmp_path / "sst2.params"

@@ -190,13 +190,10 @@ def test_axg_gender_parity_pairs_consecutive_lines(tmp_path):
 
 
 def test_race_original_submission_format(tmp_path):
-    import argparse
-    from bort.finetune.tasks import submission_options
     task = get_task("RACE")
     examples = task.read("test", "test_data/race")
     preds = [i % 4 for i in range(len(examples))]
-    options = submission_options(argparse.Namespace(race_submission_format="original"))
-    task.write_submission(preds, examples, str(tmp_path), "test", **options)
+    task.write_submission(preds, examples, str(tmp_path), "test", race_format="original")
     letters = iter("ABCD"[p] for p in preds)
     for level, stem in (("middle", "RACE-M"), ("high", "RACE-H")):
         folder = os.path.join("test_data", "race", "test", level)

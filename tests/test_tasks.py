@@ -4,7 +4,8 @@ import os
 import pytest
 
 from bort.errors import BortError
-from bort.finetune.tasks import SequenceEncoder, TASKS, get_task, official_score, truncate_equal
+from bort.finetune.tasks import TASKS, get_task, official_score
+from bort.text.encoding import SequenceEncoder, truncate_equal
 from bort.text.tokenizer import load_tokenizer
 
 DIRS = {"glue": "test_data/glue/", "superglue": "test_data/superglue/", "race": "test_data/race"}
@@ -150,3 +151,17 @@ def test_registry_does_not_depend_on_the_training_loop():
     assert out.strip() == "[]"
     import bort.finetune.tasks
     assert not hasattr(bort.finetune.tasks, "build_task_model") and not hasattr(bort.finetune.tasks, "predict_outputs")
+
+
+def test_has_data_says_whether_a_segments_files_are_there(tmp_path):
+    """What a training run checks before it reads a test segment (a missing test file: no leaderboard file)."""
+    wnli = get_task("WNLI")
+    assert wnli.has_data("test", "test_data/glue/WNLI") and not wnli.has_data("test", str(tmp_path))
+    assert not wnli.has_data("test", str(tmp_path / "absent"))
+    cb = get_task("CB")
+    (tmp_path / "dev.jsonl").write_text("")  # SuperGLUE's dev segment: val.jsonl or dev.jsonl
+    assert cb.has_data("dev", str(tmp_path)) and not cb.has_data("test", str(tmp_path))
+    assert get_task("AX").has_data("diagnostic", "test_data/glue/AX")
+    race = tmp_path / "race"
+    (race / "test" / "middle").mkdir(parents=True)
+    assert get_task("RACE-M").has_data("test", str(race)) and not get_task("RACE").has_data("test", str(race))

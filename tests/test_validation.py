@@ -16,7 +16,7 @@ import finetune_bort
 import run_pretraining_distillation_hvd as pretrain_cli
 from bort.weights.checkpoint import load_training_state
 from bort.errors import BortError, run_cli
-from bort.finetune.loop import build_task_model, save_task_checkpoint
+from bort.finetune.checkpoints import build_task_model, save_task_checkpoint
 from bort.model import get_config
 from bort.finetune.tasks import get_task
 from bort.validation import validate_training_state
@@ -64,28 +64,31 @@ def test_finetune_inference_with_another_vocabulary(sst2_checkpoint, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def _predict(settings, tokenizer_files=VOCAB):
+    """scripts/predict.py's library call (bort.inference.task_prediction) as a CLI main: argv is ignored."""
+    from bort.inference.task_prediction import PredictConfig, predict_segment
+    from bort.text.tokenizer import load_tokenizer
+
+    files = dict(zip((flag[2:] for flag in tokenizer_files[::2]), tokenizer_files[1::2]))
+    return lambda argv: predict_segment(PredictConfig(task_name="SST-2", **settings), load_tokenizer(**files))
+
+
 @pytest.mark.parametrize("flags, message", [
-    (["--segment", "bogus"], "--segment 'bogus': SST-2 has no such segment; expected one of ['train', 'dev', 'test']"),
-    (["--segment", "dev", "--max_len", "2"], "--max_len: must be at least 8, got 2"),
-    (["--segment", "dev", "--max_len", "0"], "--max_len: must be a positive integer, got 0"),
-    (["--segment", "dev", "--batch_size", "-1"], "--batch_size: must be a positive integer, got -1"),
-    (["--segment", "dev", "--calib_segment", "dev_matched"], "--calib_segment 'dev_matched': SST-2 has no such"),
+    ({"segment": "bogus"}, "--segment 'bogus': SST-2 has no such segment; expected one of ['train', 'dev', 'test']"),
+    ({"segment": "dev", "max_len": 2}, "--max_len: must be at least 8, got 2"),
+    ({"segment": "dev", "max_len": 0}, "--max_len: must be a positive integer, got 0"),
+    ({"segment": "dev", "batch_size": -1}, "--batch_size: must be a positive integer, got -1"),
+    ({"segment": "dev", "calib_segment": "dev_matched"}, "--calib_segment 'dev_matched': SST-2 has no such"),
 ])
 def test_predict_flags(sst2_checkpoint, tmp_path, capsys, flags, message):
-    import scripts.predict as predict
-
-    err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", sst2_checkpoint,
-                                          "--data_dir", SST2, "--output_dir", str(tmp_path / "p")] + flags + VOCAB,
-                           capsys)
+    err = _one_line_exit_2(_predict(dict(model_parameters=sst2_checkpoint, data_dir=SST2,
+                                         output_dir=str(tmp_path / "p"), **flags)), [], capsys)
     assert message in err
 
 
 def test_predict_with_another_vocabulary(sst2_checkpoint, tmp_path, capsys):
-    import scripts.predict as predict
-
-    err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", sst2_checkpoint,
-                                          "--data_dir", SST2, "--segment", "dev", "--output_dir",
-                                          str(tmp_path / "p")] + GPT2_VOCAB, capsys)
+    err = _one_line_exit_2(_predict(dict(model_parameters=sst2_checkpoint, data_dir=SST2, segment="dev",
+                                         output_dir=str(tmp_path / "p")), GPT2_VOCAB), [], capsys)
     assert "1005 word embeddings but the tokenizer has 1000 tokens" in err
 
 
@@ -155,14 +158,11 @@ def test_state_json_with_the_wrong_structure(tmp_path, edit, field):
 def test_a_config_json_claiming_more_than_its_parameter_file_holds(sst2_checkpoint, tmp_path, capsys):
     import shutil
 
-    import scripts.predict as predict
-
     params = tmp_path / "model_bort_SST-2.params"
     for suffix in (".params", ".task.json"):
         shutil.copy(sst2_checkpoint.replace(".params", suffix), tmp_path / f"model_bort_SST-2{suffix}")
     config = json.load(open(sst2_checkpoint.replace(".params", ".json")))
     (tmp_path / "model_bort_SST-2.json").write_text(json.dumps(dict(config, num_layers=10 ** 8)))
-    err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", str(params), "--data_dir",
-                                          SST2, "--segment", "dev", "--output_dir", str(tmp_path / "p")] + VOCAB,
-                           capsys)
+    err = _one_line_exit_2(_predict(dict(model_parameters=str(params), data_dir=SST2, segment="dev",
+                                         output_dir=str(tmp_path / "p"))), [], capsys)
     assert "model_bort_SST-2.json: describes a model of" in err and "can hold" in err

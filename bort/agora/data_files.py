@@ -11,7 +11,7 @@ import numpy as np
 
 from bort.errors import BortError
 from bort.io import atomic_write
-from bort.finetune.tasks import CHOICE, CLASSIFY
+from bort.finetune.task_kinds import ClassificationTask, MultipleChoiceTask
 
 SUPERGLUE_FIELDS = {"BoolQ": ("passage", "question"), "CB": ("premise", "hypothesis"),
                     "SuperGLUE-RTE": ("premise", "hypothesis")}
@@ -19,7 +19,7 @@ SUPERGLUE_FILES = {"train": "train.jsonl", "dev": "val.jsonl"}
 
 
 def check_supported(task):
-    if task.benchmark == "glue" and task.kind == CLASSIFY:
+    if task.benchmark == "glue" and isinstance(task, ClassificationTask):
         return
     if task.benchmark == "superglue" and (task.name in SUPERGLUE_FIELDS or task.name == "COPA"):
         return
@@ -33,7 +33,7 @@ def label_index(task, example):
 
 def raw_label(task, index):
     """The label as the task's files spell it, from a class (or choice) index."""
-    if task.kind == CHOICE:
+    if isinstance(task, MultipleChoiceTask):
         return int(index)
     if task.name == "BoolQ":
         return bool(index)

@@ -15,16 +15,16 @@ source example and removes duplicates, copies of the source and copies of anythi
 import numpy as np
 
 from bort.errors import BortError
-from bort.finetune.tasks import CHOICE, CLASSIFY
+from bort.finetune.task_kinds import ClassificationTask, CopaTask
 
 GENERATORS = ("mlm", "dropout", "swap")
 
 
 def text_fields(task, example):
     """Names of the text-carrying fields of an example (lists are addressed as (name, index))."""
-    if task.kind == CLASSIFY and not task.num_spans:
+    if isinstance(task, ClassificationTask) and not task.num_spans:
         return ["text_a"] + (["text_b"] if example.get("text_b") is not None else [])
-    if task.kind == CHOICE and task.name == "COPA":
+    if isinstance(task, CopaTask):
         return ["premise"] + [("choices", i) for i in range(len(example["choices"]))]
     raise BortError(f"{task.name}: Agora's generating functions handle classification tasks without spans and "
                     f"COPA; {task.name} ({task.kind}{', spans' if task.num_spans else ''}) is not supported")

@@ -63,14 +63,14 @@ def prune(scored):
 # ---- the trained model (labeler) -----------------------------------------------------------------------
 class Labeler:
     def __init__(self, task, path, tokenizer, max_len, batch_size=32):
-        from bort.finetune.loop import load_task_checkpoint
+        from bort.finetune.checkpoints import load_task_checkpoint
 
         self.task, self.path, self.tokenizer, self.max_len, self.batch_size = task, path, tokenizer, max_len, \
             batch_size
         self.model = load_task_checkpoint(path, task)
 
     def predict(self, examples):
-        from bort.finetune.loop import predict_outputs
+        from bort.finetune.predict import predict_outputs
 
         instances = self.task.encode(examples, self.tokenizer, self.max_len)
         outputs = predict_outputs(self.task, self.model, instances, self.tokenizer.pad_id, self.batch_size)
@@ -90,7 +90,8 @@ class Labeler:
 
 def score_examples(task, checkpoint, examples_by_segment, tokenizer, max_len, batch_size=32):
     """Metrics and main score of a task checkpoint on labelled examples (the held-out part)."""
-    from bort.finetune.loop import load_task_checkpoint, predict_outputs
+    from bort.finetune.checkpoints import load_task_checkpoint
+    from bort.finetune.predict import predict_outputs
 
     model = load_task_checkpoint(checkpoint, task)
     metrics = {}
