@@ -39,7 +39,7 @@ def run_case(case, timeout):
     start = time.time()
     try:
         proc = subprocess.run([sys.executable] + list(case.argv), cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+                              timeout=timeout)
         rc, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired:
         rc, stderr = None, ""
