@@ -22,10 +22,10 @@ from bort.finetune.heads import TaskModel
 from bort.io import JsonlLogger, atomic_write, read_json, write_json
 from bort.locking import file_digests, hold_directory, retract_result
 from bort.model import get_config
-from bort.train.precision import choose_context
+from bort.train.distributed import Distributed, launched_by_horovodrun
+from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.finetune.tasks import CHOICE, DIAGNOSTICS, REGRESS, get_task, main_score, read_options, submission_options
-from bort.train.optim import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
-                       launched_by_horovodrun, set_seed, step_seed, trainable_parameters)
+from bort.train.optim import LinearWarmupDecay, create_trainer, set_seed, step_seed, trainable_parameters
 from bort.validation import check_finetune_inputs
 
 log = logging.getLogger("bort.finetune.loop")
