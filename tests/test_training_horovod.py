@@ -124,6 +124,7 @@ def test_float16_overflow_on_one_rank_skips_the_step_on_both(uninterrupted):
 def test_resume_when_only_rank0_sees_the_checkpoints(shards, uninterrupted, tmp_path):
     horovodrun(tmp_path, pretrain_argv(shards), dict(FLOAT16, KILL_AFTER_STEP="4"))
     assert "step_0000004.state.json" in os.listdir(tmp_path / "rank0" / "ck")
+    assert "step_0000006.state.json" not in os.listdir(tmp_path / "rank0" / "ck")  # killed after step 4
     assert not os.path.exists(tmp_path / "rank1" / "ck")
     proc = horovodrun(tmp_path, pretrain_argv(shards, "--start_step", "latest"), FLOAT16)
     assert "resumed from" in proc.stdout + proc.stderr
