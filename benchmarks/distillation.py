@@ -4,7 +4,8 @@ and the same step from the teacher's cached top-k (--teacher_cache) beside it.
     python -m benchmarks.distillation [--batch_size 2] [--seq_len 128] [--output bench.json]
 
 Bort (bort_4_8_768_1024) learns from a RoBERTa-large teacher (roberta_24_1024_16), both with random weights, on
-CPU in float32, through the pretrainer's own code (bort.pretrain.step.forward_backward, bort.train.precision.GradientStep).
+CPU in float32, through the pretrainer's own code (bort.pretrain.step.forward_backward,
+bort.train.precision.GradientStep).
 Target: a full step takes at most 1.2 x (teacher forward + student forward/backward), i.e. data feeding and the
 optimizer add at most 20%. Cached step (data with the cache's rows, student forward/backward with the top-k KD
 term, optimizer; no teacher): target at most 1.05 x (student forward/backward + optimizer), the bound when the

@@ -64,8 +64,8 @@ def split_finetune_flags(argv):
 
 def add_trial_flags(parser):
     """--grid, --gpus, --in_process: which trials, and how they run."""
-    parser.add_argument("--grid", default=None, help="grid JSON, Θ for agora (default: scripts/agora_grids/<TASK>.json "
-                                                     "or default.json)")
+    parser.add_argument("--grid", default=None,
+                        help="grid JSON, Θ for agora (default: scripts/agora_grids/<TASK>.json or default.json)")
     parser.add_argument("--gpus", default="", help="comma-separated GPU ids, one trial per GPU at a time (default: "
                                                    "CPU, trials in sequence)")
     parser.add_argument("--in_process", action="store_true",

@@ -13,8 +13,8 @@ part of the official dev set; the rest is held out and only scores the final mod
               seed, at most --max_replays times per round.
 
 Layout of `<output_dir>`: `split.json` and `heldout/` (the held-out dev part, task format); `round_NN/data/`
-(D_k and E in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each, bort.agora.grid.TrialRunner), `round_NN/generated.jsonl`
-and `round_NN/round.json` (written last: a round without it is rerun, its finished trials kept);
+(D_k and E in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each: bort.agora.grid.TrialRunner),
+`round_NN/generated.jsonl` and `round_NN/round.json` (written last: a round without it is rerun, its finished trials kept);
 `rounds.md` / `rounds.csv` (one row per round), `result.json` (final E and held-out scores).
 """
 import csv
