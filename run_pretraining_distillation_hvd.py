@@ -15,7 +15,7 @@ import logging
 import bort  # noqa: F401  (before mxnet: thread settings)
 from bort.errors import run_cli
 from bort.pretrain.loop import PretrainConfig, preflight, pretrain, write_summary
-from bort.train.optim import Distributed
+from bort.train.distributed import Distributed
 
 D = PretrainConfig()
 
@@ -99,7 +99,6 @@ def build_parser():
     g.add_argument("--log_interval", type=int, default=D.log_interval)
     g.add_argument("--metrics_file", default=None, help="JSON lines (default: <ckpt_dir>/metrics.jsonl)")
     g.add_argument("--no_progress", action="store_true", help="no tqdm bar")
-    g.add_argument("--stop_at_step", type=int, default=None, help=argparse.SUPPRESS)
     g.add_argument("--preflight_workers", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's check
     g.add_argument("--summary_json", default=None, help="write the final metrics and a parameter checksum here "
                                                    "('{rank}' in the name: one file per rank)")

@@ -4,7 +4,8 @@ and the same step from the teacher's cached top-k (--teacher_cache) beside it.
     python -m benchmarks.distillation [--batch_size 2] [--seq_len 128] [--output bench.json]
 
 Bort (bort_4_8_768_1024) learns from a RoBERTa-large teacher (roberta_24_1024_16), both with random weights, on
-CPU in float32, through the pretrainer's own code (bort.pretrain.loop.forward_backward, bort.train.optim.GradientStep).
+CPU in float32, through the pretrainer's own code (bort.pretrain.step.forward_backward,
+bort.train.precision.GradientStep).
 Target: a full step takes at most 1.2 x (teacher forward + student forward/backward), i.e. data feeding and the
 optimizer add at most 20%. Cached step (data with the cache's rows, student forward/backward with the top-k KD
 term, optimizer; no teacher): target at most 1.05 x (student forward/backward + optimizer), the bound when the
@@ -26,10 +27,14 @@ from bort.pretrain.distill import DistillationLoss, Teacher
 from bort.errors import run_cli
 from bort.io import write_json
 from bort.model import build_model, get_config
-from bort.pretrain.loop import forward_backward, materialize, to_nd
+from bort.pretrain.batches import to_nd
+from bort.pretrain.step import forward_backward
 from bort.pretrain.teacher_cache import DEFAULT_TOPK, ShardCache, bytes_per_position, id_dtype, topk_rows
 from bort.pretrain.topk_distill import TopKDistillationLoss, teacher_from_batch
-from bort.train.optim import Distributed, GradientStep, create_trainer, trainable_parameters
+from bort.train.distributed import Distributed
+from bort.train.optim import create_trainer, trainable_parameters
+from bort.train.precision import GradientStep
+from bort.weights.checkpoint import finish_deferred_init
 from data.collate import batchify
 from data.pretraining_format import Instance
 
@@ -75,8 +80,8 @@ def bench(batch_size, seq_len, repeats, warmup, student_name, teacher_name, seed
     mx.random.seed(seed)
     student_config = get_config(student_name)
     teacher_config = get_config(teacher_name)
-    student = materialize(build_model(student_config))
-    teacher = Teacher(materialize(build_model(teacher_config)))
+    student = finish_deferred_init(build_model(student_config))
+    teacher = Teacher(finish_deferred_init(build_model(teacher_config)))
     student.hybridize(static_alloc=True)
     params = trainable_parameters(student)
     trainer = create_trainer(params, Distributed(use_horovod=False), optimizer="bertadam", lr=1e-4)

@@ -14,14 +14,14 @@ import argparse
 import itertools
 import os
 import sys
-from types import SimpleNamespace
 
 
-import bort  # noqa: E402,F401
+import bort  # noqa: F401
 import numpy as np
 
-from bort.agora.grid import collect, read_grid, run_pending, split_finetune_flags, trials
 from bort.agora.data_files import split_dev, write_examples
+from bort.agora.grid import TrialRunner, collect, read_grid, trials
+from bort.agora.options import AgoraConfig, add_agora_flags, add_trial_flags, config_of, parse_flags
 from bort.agora.rounds import finetune_options, run_agora, score_examples
 from bort.errors import BortError, run_cli
 from bort.io import atomic_write, write_json
@@ -29,30 +29,25 @@ from bort.finetune.tasks import get_task
 from bort.text.tokenizer import tokenizer_from_args
 
 
-def parse_args(argv):
-    argv, extra = split_finetune_flags(argv)
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task_name", required=True)
     p.add_argument("--data_dir", required=True, help="the task's official files (train and dev)")
-    p.add_argument("--teacher_parameters", default=None, help="the trained model (labeler); required unless "
-                                                               "--labeler_data")
     p.add_argument("--labeler_data", default=None,
                    help="only write a data folder for training the labeler (every training row; dev = the E part "
                         "of the experiment's dev rows, so the held-out part stays unseen) and exit")
-    p.add_argument("--grid", default=None, help="Θ: a grid file whose 'seed' list is extended for the baseline")
     p.add_argument("--train_rows", type=int, default=200)
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--dev_rows", type=int, default=0, help="use this many dev rows (seeded; 0: all)")
-    p.add_argument("--heldout_fraction", type=float, default=0.5)
-    p.add_argument("--split_seed", type=int, default=0)
-    p.add_argument("--max_rounds", type=int, default=3)
-    p.add_argument("--max_replays", type=int, default=1)
-    p.add_argument("--variants", type=int, default=4)
-    p.add_argument("--generators", default="dropout,swap")
-    args = p.parse_args(argv)
+    add_trial_flags(p)  # --grid: Θ, whose 'seed' list is extended for the baseline
+    add_agora_flags(p, max_rounds=3)  # --teacher_parameters: required unless --labeler_data
+    return p
+
+
+def parse_args(argv):
+    args = parse_flags(build_parser(), argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.finetune_args = extra
     return args
 
 
@@ -85,19 +80,15 @@ def run_seed(args, seed, task, tokenizer, max_len):
     write_examples(task, "train", [train[i] for i in sorted(rows)], data_dir)
     for segment in task.dev_segments:
         write_examples(task, segment, dev_subset(task, segment, args), data_dir)
-    agora_args = SimpleNamespace(
-        task_name=task.name, output_dir=os.path.join(folder, "agora"), grid=args.grid, gpus=[],
-        teacher_parameters=args.teacher_parameters, generators=[g for g in args.generators.split(",") if g],
-        mlm_parameters=None, variants=args.variants, heldout_fraction=args.heldout_fraction,
-        split_seed=args.split_seed, seed=seed, max_rounds=args.max_rounds, max_replays=args.max_replays,
-        replay_margin=0.0, finetune_args=list(args.finetune_args) + ["--data_dir", data_dir])
-    agora = run_agora(agora_args)
+    config = config_of(AgoraConfig, args, output_dir=os.path.join(folder, "agora"), seed=seed,
+                       finetune_args=args.finetune_args + ("--data_dir", data_dir))
+    agora = run_agora(config)
     heldout = {seg: task.read(seg, os.path.join(folder, "agora", "heldout")) for seg in agora["heldout"]}
-    grid_args = SimpleNamespace(task_name=task.name, gpus=[], finetune_args=args.finetune_args)
     baseline = baseline_trials(read_grid(args.grid), agora["runs"])
     grid_dir = os.path.join(folder, "grid")
-    run_pending(baseline, grid_args, grid_dir, data_dir=os.path.join(folder, "agora", "round_01", "data"),
-                label=f"grid seed {seed}")
+    runner = TrialRunner(task.name, args.finetune_args, args.gpus, args.in_process)
+    runner.run_pending(baseline, grid_dir, data_dir=os.path.join(folder, "agora", "round_01", "data"),
+                       label=f"grid seed {seed}")
     best = [r for r in collect(grid_dir, baseline) if r["score"] is not None][0]
     _, grid_heldout = score_examples(task, best["checkpoint"], heldout, tokenizer, max_len)
     return {"seed": seed, "runs": agora["runs"], "grid_E": best["score"], "grid_heldout": grid_heldout,

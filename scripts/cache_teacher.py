@@ -16,7 +16,7 @@ import logging
 import bort  # noqa: E402,F401  (before mxnet)
 from bort.errors import run_cli
 from bort.pretrain.teacher_cache import BESIDE, DEFAULT_TOPK, build_cache
-from bort.train.optim import Distributed
+from bort.train.distributed import Distributed
 
 
 def build_parser():

@@ -12,7 +12,7 @@ import json
 import bort  # noqa: E402,F401  (before mxnet)
 from bort.weights.checkpoint import load_model
 from bort.errors import run_cli
-from bort.pretrain.loop import fill_mask
+from bort.pretrain.mlm import fill_mask
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 
 

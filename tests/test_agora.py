@@ -1,12 +1,15 @@
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
 
-from bort.agora.grid import read_grid, trials
+import finetune_bort
+from bort.agora.grid import TrialRunner, read_grid, trials
+from bort.agora.options import AgoraConfig
 from bort.errors import BortError
 
 FINETUNE_ARGS = ["--data_dir", "test_data/glue/WNLI", "--pretrained_parameters", "none", "--model_config",
@@ -33,8 +36,54 @@ def test_bad_grid(tmp_path):
         read_grid(str(tmp_path / "g.json"))
 
 
+def test_agora_config_checks_its_settings():
+    with pytest.raises(BortError, match="--teacher_parameters: required"):
+        AgoraConfig("RTE", "out", teacher_parameters=None)
+    with pytest.raises(BortError, match="--max_replays non-negative"):
+        AgoraConfig("RTE", "out", "t.params", max_replays=-1)
+    with pytest.raises(BortError, match="one trial at a time"):
+        TrialRunner("RTE", gpus=(0, 1), in_process=True)
+
+
+def test_in_process_trials_are_recorded_as_processes(tmp_path, monkeypatch):
+    """A trial run in this process: the exit status finetune_bort.py would have (2 after a one-line error, 1 after
+    an exception), its output in log.txt and not here, its folder locked against other runs while it runs."""
+    runner = TrialRunner("WNLI", tuple(FINETUNE_ARGS), in_process=True)
+    handlers = logging.getLogger().handlers[:]
+    status = runner.run(str(tmp_path / "bad"), {"batch_size": 0}, 999)
+    assert status["status"] == "failed" and status["returncode"] == 2 and status["in_process"]
+    assert "--batch_size: must be positive" in status["error"]
+    assert json.loads((tmp_path / "bad" / "status.json").read_text()) == json.loads(json.dumps(status))
+    assert (tmp_path / "bad" / "log.txt").read_text().strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "bad" / ".bort.lock").exists() and logging.getLogger().handlers == handlers
+
+    def crash(argv):
+        logging.getLogger("trial").warning("about to crash")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(finetune_bort, "main", crash)
+    status = runner.run(str(tmp_path / "crash"), {}, 999)
+    assert status["returncode"] == 1 and status["error"] == "RuntimeError: boom"
+    log = (tmp_path / "crash" / "log.txt").read_text()
+    assert "Traceback" in log and "about to crash" in log
+    # another run holds the folder: the trial fails as a process would, with the lock's one-line error
+    (tmp_path / "held").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "held" / ".bort.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status = runner.run(str(tmp_path / "held"), {}, 999)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert status["returncode"] == 2 and "is in use by another run" in status["error"]
+
+
 @pytest.mark.slow
 def test_two_by_two_grid_with_crash_and_resume(tmp_path):
+    """The CLI and its trials as processes (tests/test_agora_rounds.py runs trials in-process)."""
     grid = tmp_path / "grid.json"
     # batch_size 0 makes finetune_bort.py fail: two trials crash, the search goes on
     grid.write_text(json.dumps({"lr": [1e-4, 1e-3], "batch_size": [8, 0]}))

@@ -1,7 +1,9 @@
 """Agora the algorithm: pruning, the dev split, task files, generating functions, the trained-model check, and the
-driver end to end on fixtures (2 rounds, pruning, a replay, resume after an interrupted round)."""
+driver end to end on fixtures (2 rounds, pruning, a replay, resume after an interrupted round; in this process,
+trials too: scripts/agora.py --in_process)."""
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,8 +14,9 @@ import numpy as np
 import pytest
 
 import finetune_bort
+import scripts.agora as agora_cli
 from bort.agora import generators as augment
-from bort.agora.grid import inference_command
+from bort.agora.grid import FINETUNE, inference_command
 from bort.agora.data_files import raw_label, split_dev, write_examples
 from bort.agora.rounds import Labeler, prune
 from bort.errors import BortError, run_cli
@@ -185,15 +188,22 @@ def teacher(tmp_path_factory):
     return out / "model_bort_SST-2.params"
 
 
-def agora(out, data, teacher, grid, *extra):
-    return subprocess.run([sys.executable, "scripts/agora.py", "--algorithm", "agora", "--task_name", "SST-2",
-                           "--output_dir", str(out), "--grid", str(grid), "--teacher_parameters", str(teacher),
-                           "--max_rounds", "2", "--variants", "2", "--seed", "1", *extra, "--",
-                           "--data_dir", str(data)] + STUDENT, capture_output=True, text=True, timeout=900)
+def agora(capsys, out, data, teacher, grid, *extra):
+    """scripts/agora.py --algorithm agora run in this process, its trials too (--in_process); its exit status and
+    output as a process's (tests/test_agora.py runs the CLI and its trials as processes)."""
+    argv = ["--algorithm", "agora", "--in_process", "--task_name", "SST-2", "--output_dir", str(out), "--grid",
+            str(grid), "--teacher_parameters", str(teacher), "--max_rounds", "2", "--variants", "2", "--seed", "1",
+            *extra, "--", "--data_dir", str(data)] + STUDENT
+    try:
+        code = run_cli(agora_cli.main)(argv)
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
 
 @pytest.mark.slow
-def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
+def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher, capsys):
     data = tmp_path / "scarce"
     data.mkdir()
     lines = open("test_data/glue/SST-2/train.tsv").read().splitlines(True)
@@ -211,7 +221,7 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
     # a margin of 1 makes round 2 fall short of round 1 whatever it scores: one replay
     flags = ["--replay_margin", "1", "--heldout_fraction", "0.25", "--generators", "dropout,swap,mlm",
              "--mlm_parameters", str(mlm)]
-    proc = agora(out, data, teacher, grid, *flags)
+    proc = agora(capsys, out, data, teacher, grid, *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     first = json.loads((out / "round_01" / "round.json").read_text())
     second = json.loads((out / "round_02" / "round.json").read_text())
@@ -229,6 +239,7 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
     assert [x["label"] for x in generated] == [raw_label(get_task("SST-2"), k) for k in labels]
     # mistakes are the best model's wrong E predictions, from its dev_predictions.jsonl
     best_dir = out / "round_01" / first["round_best_trial"]
+    assert json.loads((best_dir / "status.json").read_text())["in_process"]
     preds = [json.loads(x) for x in (best_dir / "dev_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 30  # E: 40 dev rows less 10 held out
     assert sorted([p["segment"], p["row"]] for p in preds if p["prediction"] != p["label"]) == \
@@ -237,16 +248,17 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher):
     result = json.loads((out / "result.json").read_text())
     assert result["runs"] == 4 + 2 + 2 and result["heldout_score"] is not None
     assert (out / "rounds.md").read_text().count("\n| ") == 2 and "held-out score" in (out / "rounds.md").read_text()
-    # the printed command runs as printed
+    # the printed command runs as printed (as a shell parses it, here in this process)
     command = [x for x in proc.stdout.splitlines() if x.startswith("predict: ")][-1][len("predict: "):]
-    run = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
+    argv = shlex.split(command)
+    assert argv[:2] == [sys.executable, FINETUNE]
+    run_cli(finetune_bort.main)(argv[2:])
     assert (out / "submission" / "SST-2.tsv").is_file()
     # an interrupted round 2: no round.json, one trial without its result; the rerun redoes only that trial
     os.remove(out / "round_02" / "round.json")
     os.remove(out / "round_02" / second["theta"][1] / "result.json")
     stamp = os.path.getmtime(out / "round_01" / "round.json")
-    proc = agora(out, data, teacher, grid, *flags)
+    proc = agora(capsys, out, data, teacher, grid, *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "resuming after round 1" in proc.stdout and "2 trials, 1 already recorded, 1 to run" in proc.stdout
     assert "replaying" not in proc.stdout and os.path.getmtime(out / "round_01" / "round.json") == stamp

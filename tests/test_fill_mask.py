@@ -19,7 +19,7 @@ import pytest
 
 from bort.text.bpe_train import made_from
 from bort.weights.checkpoint import load_model
-from bort.pretrain.loop import encode_with_masks, topk_accuracy
+from bort.pretrain.mlm import encode_with_masks, topk_accuracy
 from bort.text.tokenizer import load_tokenizer
 from data.collate import batchify
 from data.pretraining_format import load_shard

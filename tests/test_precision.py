@@ -8,9 +8,9 @@ import pytest
 
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.train.precision import (CPU_FLOAT16_ENV, DynamicLossScaler, GradientStep, choose_context, enable_cpu_float16,
-                            inject_test_faults)
-from bort.train.optim import Distributed, create_trainer, trainable_parameters
+from bort.train.precision import CPU_FLOAT16_ENV, DynamicLossScaler, GradientStep, choose_context, enable_cpu_float16
+from bort.train.distributed import Distributed
+from bort.train.optim import create_trainer, trainable_parameters
 
 
 def test_float16_on_cpu_needs_the_opt_in(monkeypatch):
@@ -110,9 +110,7 @@ def test_an_inf_gradient_skips_the_step_and_halves_the_scale(monkeypatch):
     assert step(1.0)[1]
     weights = {n: p.data().asnumpy().copy() for n, p in params.items()}
     backward()
-    monkeypatch.setenv("BORT_TEST_INF_GRAD_AT", "7:1")
-    assert not inject_test_faults(list(params.values()), 7, rank=0)  # another rank's fault
-    assert inject_test_faults(list(params.values()), 7, rank=1)
+    next(iter(params.values())).grad()[:] = float("inf")
     norm, applied = step(1.0)
     assert not applied and not np.isfinite(norm) and scaler.scale == 512.0
     for name, param in params.items():
@@ -125,13 +123,13 @@ def test_an_inf_gradient_skips_the_step_and_halves_the_scale(monkeypatch):
 def test_masked_lm_helpers_feed_a_float16_model(monkeypatch):
     """fill_mask/topk_accuracy and deferred shape inference passed float32 valid_length into float16 models."""
     from bort.pretrain.mlm import topk_accuracy
-    from bort.weights.checkpoint import _finish_deferred_init
+    from bort.weights.checkpoint import finish_deferred_init
 
     monkeypatch.setenv(CPU_FLOAT16_ENV, "1")
     enable_cpu_float16()
     model = build_model(get_config("bort_tiny", vocab_size=50))
     model.cast("float16")
-    _finish_deferred_init(model, model._collect_params_with_prefix())  # shapes unknown until a forward
+    finish_deferred_init(model)  # shapes unknown until a forward
     model.hybridize()
     batch = {"input_ids": np.array([[0, 5, 6, 7, 2]]), "valid_length": np.array([5]),
              "masked_positions": np.array([[1, 2]]), "masked_ids": np.array([[5, 6]]),

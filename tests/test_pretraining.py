@@ -17,9 +17,10 @@ import run_pretraining_distillation_hvd as cli
 from bort.weights.checkpoint import load_parameters, save_parameters
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.pretrain.loop import (PretrainConfig, complete_checkpoints, parameters_digest, pretrain, resolve_start_step,
-                              split_shards)
-from bort.pretrain.batches import eval_batches
+from bort.pretrain.loop import PretrainConfig, parameters_digest, pretrain
+from bort.pretrain.batches import eval_batches, split_shards
+from bort.pretrain.state import complete_checkpoints, resolve_start_step
+from pretrain_faults import checkpoint_parameters, killed_after
 from bort.train.distributed import Distributed
 from data.pretraining_format import load_shard
 from data.shard_files import list_shards
@@ -87,10 +88,12 @@ def test_resume_is_exact(shards, tmp_path):
     """8 steps in one go == 4 steps, 'kill', resume from the latest checkpoint, 4 more (dropout on, accumulate 2)."""
     config = tiny_config(shards, tmp_path / "a", accumulate=2, batch_size=4)
     full = parameters_digest(pretrain(config)["student"])
-    half = tiny_config(shards, tmp_path / "b", accumulate=2, batch_size=4, stop_at_step=4)
-    first = parameters_digest(pretrain(half)["student"])
+    half = tiny_config(shards, tmp_path / "b", accumulate=2, batch_size=4)
+    with killed_after(4):
+        pretrain(half)
+    first = checkpoint_parameters(str(tmp_path / "b"), 4)
     assert complete_checkpoints(str(tmp_path / "b")) == [4]
-    resumed = pretrain(dataclasses.replace(half, stop_at_step=None, start_step="latest"))
+    resumed = pretrain(dataclasses.replace(half, start_step="latest"))
     assert resumed["step"] == 8
     again = parameters_digest(resumed["student"])
     moved = max(np.abs(full[k] - first[k]).max() for k in full)

@@ -16,7 +16,8 @@ from bort.errors import BortError
 from bort.model import CONFIGS, build_model, get_config
 from bort.pretrain.loop import PretrainConfig, pretrain
 from bort.text.gluonnlp_files import file_sha1
-from bort.train.optim import Distributed, create_trainer, trainable_parameters
+from bort.train.distributed import Distributed
+from bort.train.optim import create_trainer, trainable_parameters
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),

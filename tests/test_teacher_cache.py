@@ -18,15 +18,17 @@ import pytest
 import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
 from bort.text.bpe_train import made_from
-from bort.weights.checkpoint import save_parameters
+from bort.weights.checkpoint import finish_deferred_init, save_parameters
 from bort.pretrain.distill import DistillationLoss, load_teacher
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.pretrain.loop import PretrainConfig, materialize, parameters_digest, pretrain, to_nd
+from bort.pretrain.batches import to_nd
+from bort.pretrain.loop import PretrainConfig, parameters_digest, pretrain
 from bort.pretrain.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache)
 from bort.pretrain.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
 from data.collate import batchify
 from data.pretraining_format import load_shard
+from pretrain_faults import checkpoint_parameters, killed_after
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
@@ -53,7 +55,7 @@ def make_teacher(path, vocab_size, seed):
     """A tiny teacher with confident, context-dependent outputs (a strong random bias on the decoder)."""
     mx.random.seed(seed)
     config = get_config("roberta_tiny", vocab_size=vocab_size, dropout=0.0)
-    model = materialize(build_model(config))
+    model = finish_deferred_init(build_model(config))
     model.decoder[3].bias.set_data(mx.nd.array(np.random.RandomState(seed).randn(vocab_size) * 3.0))
     save_parameters(model, str(path), config)
     return str(path)
@@ -87,7 +89,7 @@ def _batch(shards, cache_dir, k, indices=range(8), teacher_spec=None):
 
 def _student(vocab_size, seed=0):
     mx.random.seed(seed)
-    return materialize(build_model(get_config("bort_tiny", vocab_size=vocab_size, dropout=0.0)))
+    return finish_deferred_init(build_model(get_config("bort_tiny", vocab_size=vocab_size, dropout=0.0)))
 
 
 def _logits_and_teacher(shards, cache_dir, k, teacher_path, vocab_size):
@@ -311,8 +313,9 @@ def test_distilling_from_the_default_k_cache_learns_what_the_live_teacher_teache
     the live teacher (exact KL, top-1 agreement): both learn, and agree with the teacher's top-1 alike. (This
     teacher is flat at T = 2 and its rest mass is large: how it spreads that mass is what k = 16 drops, so the
     exact KL of the cached student stays higher; the top-1 is what held-out accuracy needs.)"""
-    from bort.pretrain.loop import eval_batches, evaluate  # noqa: PLC0415
-    from bort.train.optim import Distributed  # noqa: PLC0415
+    from bort.pretrain.batches import eval_batches  # noqa: PLC0415
+    from bort.pretrain.step import evaluate  # noqa: PLC0415
+    from bort.train.distributed import Distributed  # noqa: PLC0415
 
     live = tiny_config(shards, tmp_path / "live", teacher_ckpt_dir=teacher_path, num_steps=40, mlm_weight=0.0,
                        teacher_ce_weight=1.0, lr=3e-3, warmup_ratio=0.1, ckpt_interval=1000, log_interval=40)
@@ -337,9 +340,11 @@ def test_resume_from_the_cache_is_exact(shards, caches, teacher_path, tmp_path):
     config = tiny_config(shards, tmp_path / "a", accumulate=2, batch_size=4, dropout=0.1, teacher_cache=caches[16],
                          data_eval=shards, eval_interval=4, metrics_file=str(tmp_path / "a.jsonl"))
     full = parameters_digest(pretrain(config)["student"])
-    half = dataclasses.replace(config, ckpt_dir=str(tmp_path / "b"), stop_at_step=4, metrics_file=None)
-    first = parameters_digest(pretrain(half)["student"])
-    resumed = pretrain(dataclasses.replace(half, stop_at_step=None, start_step="latest"))
+    half = dataclasses.replace(config, ckpt_dir=str(tmp_path / "b"), metrics_file=None)
+    with killed_after(4):
+        pretrain(half)
+    first = checkpoint_parameters(str(tmp_path / "b"), 4)
+    resumed = pretrain(dataclasses.replace(half, start_step="latest"))
     again = parameters_digest(resumed["student"])
     assert max(np.abs(full[k] - first[k]).max() for k in full) > 1e-4
     for name in full:

@@ -12,7 +12,9 @@ import mxnet as mx
 
 import finetune_bort
 from bort.errors import BortError, run_cli
-from bort.pretrain.loop import complete_checkpoints, parameters_digest, pretrain
+from bort.pretrain.loop import parameters_digest, pretrain
+from bort.pretrain.state import complete_checkpoints
+from pretrain_faults import checkpoint_parameters, inf_gradient_at, killed_after
 from test_pretraining import make_shards, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,14 +46,16 @@ def test_float16_pretraining_resume_is_bit_identical(shards, tmp_path, monkeypat
     """24 float16 steps in one go == 12, 'kill', resume, 12 more: parameters, optimizer states with the float32
     master weights, loss scale and its clean-step counter (an inf at step 5 halves the scale)."""
     monkeypatch.setenv("BORT_CPU_FLOAT16", "1")
-    monkeypatch.setenv("BORT_TEST_INF_GRAD_AT", "5")
     config = tiny_config(shards, tmp_path / "a", dtype="float16", num_steps=24, ckpt_interval=12, num_buckets=2,
                          log_interval=1, batch_size=8, lr=2e-3)
-    full = pretrain(config)
-    half = dataclasses.replace(config, ckpt_dir=str(tmp_path / "b"), stop_at_step=12)
-    first = parameters_digest(pretrain(half)["student"])
+    half = dataclasses.replace(config, ckpt_dir=str(tmp_path / "b"))
+    with inf_gradient_at(5):
+        full = pretrain(config)
+        with killed_after(12):
+            pretrain(half)
+    first = checkpoint_parameters(str(tmp_path / "b"), 12)
     assert complete_checkpoints(str(tmp_path / "b")) == [12]
-    resumed = pretrain(dataclasses.replace(half, stop_at_step=None, start_step="latest"))
+    resumed = pretrain(dataclasses.replace(half, start_step="latest"))
     assert resumed["step"] == 24
     a, b = parameters_digest(full["student"]), parameters_digest(resumed["student"])
     assert all(v.dtype == np.float16 for v in a.values())

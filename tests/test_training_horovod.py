@@ -23,7 +23,6 @@ import mxnet as mx
 from test_pretraining import _have_horovod, make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "run_pretraining_distillation_hvd.py")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _have_horovod(), reason="horovod with MXNet is not installed")]
 
 
@@ -53,14 +52,49 @@ def shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("shards"))
 
 
+# The CLI with the faults of tests/pretrain_faults.py, patched in the same way: INF_GRAD_AT="STEP:RANK" puts an inf
+# into that rank's gradient at that step; KILL_AFTER_STEP=N ends both ranks as if killed after step N.
+PRETRAIN_WRAPPER = r"""
+import os, sys
+import bort
+from bort.profiling import StepProfiler
+from bort.train.precision import GradientStep
+import run_pretraining_distillation_hvd as cli
+inf_step, inf_rank = (int(x) for x in os.environ["INF_GRAD_AT"].split(":"))
+kill_after = int(os.environ.get("KILL_AFTER_STEP", 0))
+rank, current = int(os.environ["HOROVOD_RANK"]), [0]
+class Killed(Exception):
+    pass
+real_started, real_step, real_pretrain = StepProfiler.step_started, GradientStep.__call__, cli.pretrain
+def step_started(self, step):
+    if kill_after and step > kill_after:
+        raise Killed()
+    current[0] = step
+    return real_started(self, step)
+def gradient_step(self, *args, **kwargs):
+    if (current[0], rank) == (inf_step, inf_rank):
+        self.params[0].grad()[:] = float("inf")
+    return real_step(self, *args, **kwargs)
+def pretrain(config, dist):
+    try:
+        return real_pretrain(config, dist)
+    except Killed:
+        dist.shutdown()
+        sys.exit(0)
+StepProfiler.step_started, GradientStep.__call__, cli.pretrain = step_started, gradient_step, pretrain
+from bort.errors import run_cli
+run_cli(cli.main)(sys.argv[1:])
+"""
+
+
 def pretrain_argv(shards, *extra):
-    return [sys.executable, SCRIPT, "--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
+    return [sys.executable, "-c", PRETRAIN_WRAPPER, "--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
             "--num_steps", "6", "--batch_size", "4", "--num_buckets", "2", "--dtype", "float16", "--cpu_only",
             "--optimizer", "adam", "--log_interval", "1", "--ckpt_interval", "4", "--eval_interval", "0",
             "--lr", "1e-3", "--ckpt_dir", "ck", "--summary_json", "summary{rank}.json", "--no_progress", *extra]
 
 
-FLOAT16 = {"BORT_CPU_FLOAT16": "1", "BORT_TEST_INF_GRAD_AT": "3:1"}
+FLOAT16 = {"BORT_CPU_FLOAT16": "1", "INF_GRAD_AT": "3:1"}
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +122,9 @@ def test_float16_overflow_on_one_rank_skips_the_step_on_both(uninterrupted):
 
 
 def test_resume_when_only_rank0_sees_the_checkpoints(shards, uninterrupted, tmp_path):
-    horovodrun(tmp_path, pretrain_argv(shards, "--stop_at_step", "4"), FLOAT16)
+    horovodrun(tmp_path, pretrain_argv(shards), dict(FLOAT16, KILL_AFTER_STEP="4"))
     assert "step_0000004.state.json" in os.listdir(tmp_path / "rank0" / "ck")
+    assert "step_0000006.state.json" not in os.listdir(tmp_path / "rank0" / "ck")  # killed after step 4
     assert not os.path.exists(tmp_path / "rank1" / "ck")
     proc = horovodrun(tmp_path, pretrain_argv(shards, "--start_step", "latest"), FLOAT16)
     assert "resumed from" in proc.stdout + proc.stderr

@@ -11,7 +11,9 @@ import pytest
 import bort  # noqa: F401
 import bort.pretrain.state as S
 from bort.errors import BortError
-from bort.pretrain.loop import complete_checkpoints, pretrain
+from bort.pretrain.loop import pretrain
+from bort.pretrain.state import complete_checkpoints
+from pretrain_faults import killed_after
 from test_pretraining import make_shards, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -43,7 +45,8 @@ def test_fresh_run_refuses_another_runs_checkpoints(shards, tmp_path):
 
 def test_resume_compares_settings(shards, tmp_path):
     ckpt = tmp_path / "ck"
-    pretrain(_config(shards, ckpt, stop_at_step=2))
+    with killed_after(2):
+        pretrain(_config(shards, ckpt))
     with pytest.raises(BortError, match=r"other settings \(--lr 0.001 there, 0.002 now\)"):
         pretrain(_config(shards, ckpt, start_step="latest", lr=2e-3))
     assert pretrain(_config(shards, ckpt, start_step="latest"))["step"] == 6
@@ -53,7 +56,8 @@ def test_rewritten_step_is_incomplete_until_rewritten_whole(shards, tmp_path, mo
     """Resuming from step 2 rewrites step 4: a crash after its new .params left the old .state.json marking the
     step complete (new weights, old optimizer state), and resume accepted it."""
     ckpt = tmp_path / "ck"
-    pretrain(_config(shards, ckpt, stop_at_step=4))
+    with killed_after(4):
+        pretrain(_config(shards, ckpt))
     assert complete_checkpoints(str(ckpt)) == [2, 4]
     real = S.save_parameters
 
@@ -72,7 +76,8 @@ def test_rewritten_step_is_incomplete_until_rewritten_whole(shards, tmp_path, mo
 
 def test_mixed_checkpoint_files_are_refused(shards, tmp_path):
     ckpt = tmp_path / "ck"
-    pretrain(_config(shards, ckpt, stop_at_step=4))
+    with killed_after(4):
+        pretrain(_config(shards, ckpt))
     shutil.copy(ckpt / "step_0000002.params", ckpt / "step_0000004.params")
     with pytest.raises(BortError, match=r"step_0000004.params: does not match the checksum in step_0000004.state"):
         pretrain(_config(shards, ckpt, start_step="latest"))
@@ -80,7 +85,8 @@ def test_mixed_checkpoint_files_are_refused(shards, tmp_path):
 
 def test_leftover_temporary_files_are_removed_and_metrics_not_duplicated(shards, tmp_path):
     ckpt = tmp_path / "ck"
-    pretrain(_config(shards, ckpt, stop_at_step=5))  # checkpoint at 4, metrics up to step 5
+    with killed_after(5):
+        pretrain(_config(shards, ckpt))  # checkpoint at 4, metrics up to step 5
     leftovers = [ckpt / ".step_0000006.params.x1y2.tmp", ckpt / ".step_0000006.states.abcd.tmp"]
     for path in leftovers:
         path.write_bytes(b"partial")

@@ -1,36 +1,35 @@
 """The plain grid search over finetune_bort.py, and the trial runner Agora's rounds use (bort/agora/rounds.py).
 
 A grid is a JSON file {flag: [values, ...]} (scripts/agora_grids/default.json, or <TASK>.json beside it when it
-exists). Each combination is one trial, run as its own finetune_bort.py process in `<output_dir>/<trial>/`; a
-trial is finished when its result.json exists, so a rerun skips finished trials and reruns interrupted ones
-(failed ones too with retry_failed). A crashed trial is recorded (status.json) and the search goes on. Results
-are written to `<output_dir>/results.csv` and `results.md`, sorted by the dev score, best first.
+exists). Each combination is one trial, a finetune_bort.py run in `<output_dir>/<trial>/` (its own process, or a
+call in this one with `in_process`: `TrialRunner`); a trial is finished when its result.json exists, so a rerun
+skips finished trials and reruns interrupted ones (failed ones too with retry_failed). A crashed trial is recorded
+(status.json) and the search goes on. Results are written to `<output_dir>/results.csv` and `results.md`, sorted
+by the dev score, best first. The settings come from a GridConfig (bort.agora.options).
 """
+import contextlib
 import csv
+import dataclasses
 import itertools
 import json
+import logging
 import os
 import queue
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
-from bort.errors import BortError
+from bort.errors import BortError, run_cli
 from bort.io import atomic_write, read_json, write_json
+from bort.locking import owned_directory
 from bort.paths import AGORA_GRIDS, FINETUNE_CLI
 
 GRID_DIR = AGORA_GRIDS
 FINETUNE = FINETUNE_CLI
-
-
-def split_finetune_flags(argv=None):
-    """(own flags, flags after `--` that go to every finetune_bort.py run) of a command line."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        return argv, []
-    cut = argv.index("--")
-    return argv[:cut], argv[cut + 1:]
+CPU = 999  # finetune_bort.py's --gpu for the CPU
+LOG_FORMAT = "%(levelname)s:%(name)s:%(asctime)s %(message)s"  # finetune_bort.py's
 
 
 def grid_path(task_name, explicit=None):
@@ -70,29 +69,6 @@ def trial_status(folder):
     return "incomplete" if os.path.isdir(folder) else "pending"
 
 
-def run_trial(name, setting, args, device, python=sys.executable, output_dir=None, data_dir=None):
-    """One finetune_bort.py process in `<output_dir>/<name>/`; `data_dir` (an Agora round's folder) overrides
-    any --data_dir among the flags given after `--`."""
-    folder = os.path.join(output_dir or args.output_dir, name)
-    os.makedirs(folder, exist_ok=True)
-    command = [python, FINETUNE, "--task_name", args.task_name, "--output_dir", folder]
-    for key, value in setting.items():
-        command += [f"--{key}", str(value)]
-    command += ["--gpu", str(device)] + list(args.finetune_args)
-    if data_dir:
-        command += ["--data_dir", data_dir]
-    write_json(os.path.join(folder, "status.json"), {"status": "running", "command": command, "device": device})
-    tic = time.time()
-    with open(os.path.join(folder, "log.txt"), "w", encoding="utf-8") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
-    status = {"status": "done" if code == 0 else "failed", "returncode": code, "seconds": time.time() - tic,
-              "command": command, "device": device}
-    if code != 0:
-        status["error"] = last_error_line(os.path.join(folder, "log.txt"))
-    write_json(os.path.join(folder, "status.json"), status)
-    return status
-
-
 def last_error_line(log_path):
     with open(log_path, encoding="utf-8", errors="replace") as handle:
         lines = [line.strip() for line in handle if line.strip()]
@@ -100,46 +76,139 @@ def last_error_line(log_path):
     return (errors or lines or ["(no output)"])[-1][:300]
 
 
-def search(args):
-    """Run (or resume) the grid; returns the sorted result rows."""
-    all_trials = list(trials(read_grid(grid_path(args.task_name, args.grid))))
-    run_pending(all_trials, args, args.output_dir, retry_failed=args.retry_failed)
-    rows = collect(args.output_dir, all_trials)
-    write_tables(args.output_dir, rows)
+def search(config):
+    """Run (or resume) the grid of a GridConfig (bort.agora.options); returns the sorted result rows."""
+    all_trials = list(trials(read_grid(grid_path(config.task_name, config.grid))))
+    TrialRunner.of(config).run_pending(all_trials, config.output_dir, retry_failed=config.retry_failed)
+    rows = collect(config.output_dir, all_trials)
+    write_tables(config.output_dir, rows)
     return rows
 
 
-def run_pending(all_trials, args, output_dir, data_dir=None, retry_failed=False, label="agora"):
-    """Run the trials without a result (one per device at a time, CPU: in sequence)."""
-    todo = []
-    for name, setting in all_trials:
-        status = trial_status(os.path.join(output_dir, name))
-        if status == "done" or (status == "failed" and not retry_failed):
-            continue
-        todo.append((name, setting))
-    print(f"{label}: {len(all_trials)} trials, {len(all_trials) - len(todo)} already recorded, {len(todo)} to run",
-          flush=True)
-    devices = args.gpus if args.gpus else [999]
-    jobs = queue.Queue()
-    for item in todo:
-        jobs.put(item)
+@dataclasses.dataclass(frozen=True)
+class TrialRunner:
+    """Runs trials: finetune_bort.py for `task_name` with a trial's setting and `finetune_args` (the flags after
+    `--`), in `<output_dir>/<trial>/`, its output in log.txt, its outcome in status.json.
 
-    def worker(device):
-        while True:
+    gpus: GPU ids, one trial per GPU at a time (empty: CPU, in sequence).
+    in_process: call `finetune_bort.main` in this process instead of starting a Python process per trial (no
+    start-up cost; one trial at a time). The trial holds its folder's lock (bort.locking) while it runs, and its
+    outcome is recorded as for a process: the exit status finetune_bort.py would have had (2 after a one-line
+    error, 1 after an exception, whose traceback goes to log.txt) and the last error line.
+    """
+
+    task_name: str
+    finetune_args: tuple = ()
+    gpus: tuple = ()
+    in_process: bool = False
+
+    def __post_init__(self):
+        if self.in_process and len(self.gpus) > 1:
+            raise BortError("--in_process runs one trial at a time: give at most one GPU in --gpus")
+
+    @classmethod
+    def of(cls, config):
+        """The runner of a GridConfig or AgoraConfig (bort.agora.options)."""
+        return cls(config.task_name, tuple(config.finetune_args), tuple(config.gpus), config.in_process)
+
+    def command(self, folder, setting, device, data_dir=None):
+        """The finetune_bort.py command line of a trial; `data_dir` (an Agora round's folder) overrides any
+        --data_dir among the flags given after `--`."""
+        command = [sys.executable, FINETUNE, "--task_name", self.task_name, "--output_dir", folder]
+        for key, value in setting.items():
+            command += [f"--{key}", str(value)]
+        command += ["--gpu", str(device)] + list(self.finetune_args)
+        if data_dir:
+            command += ["--data_dir", data_dir]
+        return command
+
+    def run(self, folder, setting, device, data_dir=None):
+        """One trial in `folder`; returns its status record (also written to status.json)."""
+        os.makedirs(folder, exist_ok=True)
+        command = self.command(folder, setting, device, data_dir)
+        record = {"command": command, "device": device}
+        if self.in_process:
+            record["in_process"] = True
+        write_json(os.path.join(folder, "status.json"), dict(record, status="running"))
+        tic = time.time()
+        log_path = os.path.join(folder, "log.txt")
+        with open(log_path, "w", encoding="utf-8") as log:
+            if self.in_process:
+                code = run_in_process(command[2:], folder, log)
+            else:
+                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+        status = dict(record, status="done" if code == 0 else "failed", returncode=code, seconds=time.time() - tic)
+        if code != 0:
+            status["error"] = last_error_line(log_path)
+        write_json(os.path.join(folder, "status.json"), status)
+        if code == 130 and self.in_process:  # Ctrl-C reached the trial: it stops the search, as it would a process
+            raise KeyboardInterrupt
+        return status
+
+    def run_pending(self, all_trials, output_dir, data_dir=None, retry_failed=False, label="agora"):
+        """Run the trials of `all_trials` ([(name, setting)]) that have no result in `output_dir`."""
+        todo = []
+        for name, setting in all_trials:
+            status = trial_status(os.path.join(output_dir, name))
+            if status == "done" or (status == "failed" and not retry_failed):
+                continue
+            todo.append((name, setting))
+        print(f"{label}: {len(all_trials)} trials, {len(all_trials) - len(todo)} already recorded, {len(todo)} to "
+              f"run", flush=True)
+        jobs = queue.Queue()
+        for item in todo:
+            jobs.put(item)
+
+        def worker(device):
+            while True:
+                try:
+                    name, setting = jobs.get_nowait()
+                except queue.Empty:
+                    return
+                status = self.run(os.path.join(output_dir, name), setting, device, data_dir=data_dir)
+                failure = " " + status.get("error", "") if status["status"] != "done" else ""
+                print(f"{label}: {name} on {'cpu' if device == CPU else f'gpu {device}'}: {status['status']} "
+                      f"({status['seconds']:.0f} s){failure}", flush=True)
+
+        if self.in_process:  # in this thread: a KeyboardInterrupt must reach the caller
+            worker(self.gpus[0] if self.gpus else CPU)
+            return
+        threads = [threading.Thread(target=worker, args=(d,)) for d in (self.gpus or [CPU])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+
+def run_in_process(argv, folder, log):
+    """finetune_bort.main(argv) in this process, holding `folder` as a finetune_bort.py process would, with its
+    output (stdout, stderr, logging) going to the open file `log`; returns the exit status a process would have."""
+    import finetune_bort  # noqa: PLC0415  (the fine-tuning CLI, a top-level module)
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    root.handlers[:] = [handler]  # the trial's records go to its log only (and finetune_bort's basicConfig is a no-op)
+    root.setLevel(logging.INFO)
+
+    def trial():
+        with owned_directory(folder, "--output_dir"):
+            finetune_bort.main(argv)
+
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                name, setting = jobs.get_nowait()
-            except queue.Empty:
-                return
-            status = run_trial(name, setting, args, device, output_dir=output_dir, data_dir=data_dir)
-            print(f"{label}: {name} on {'cpu' if device == 999 else f'gpu {device}'}: {status['status']} "
-                  f"({status['seconds']:.0f} s){' ' + status.get('error', '') if status['status'] != 'done' else ''}",
-                  flush=True)
-
-    threads = [threading.Thread(target=worker, args=(d,)) for d in devices]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+                run_cli(trial)()
+                return 0
+            except SystemExit as stop:
+                return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except Exception:  # noqa: BLE001 - a failed trial, recorded as a crashed process would be
+                traceback.print_exc(file=log)
+                return 1
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
 
 
 def collect(output_dir, all_trials):

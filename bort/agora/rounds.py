@@ -4,7 +4,7 @@ Inputs: the model to fine-tune (the flags after `--`), a trained model of the ta
 (`--teacher_parameters`), generating functions (bort.agora.generators), the training set D, the evaluation set E (a seeded
 part of the official dev set; the rest is held out and only scores the final model) and Θ (the grid file).
 
-    round k:  fine-tune once per θ in Θ_k on D_k (finetune_bort.py processes, dev = E); keep the best model seen
+    round k:  fine-tune once per θ in Θ_k on D_k (finetune_bort.py runs, dev = E); keep the best model seen
               in any round; collect the E examples it gets wrong (argmax != gold); generate variants of them and
               label the variants with the trained model; D_{k+1} = D_k + variants; Θ_{k+1} = prune(Θ_k);
               stop when Θ_{k+1} is empty (or after --max_rounds).
@@ -13,8 +13,8 @@ part of the official dev set; the rest is held out and only scores the final mod
               seed, at most --max_replays times per round.
 
 Layout of `<output_dir>`: `split.json` and `heldout/` (the held-out dev part, task format); `round_NN/data/`
-(D_k and E in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each), `round_NN/generated.jsonl`
-and `round_NN/round.json` (written last: a round without it is rerun, its finished trials kept);
+(D_k and E in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each: bort.agora.grid.TrialRunner),
+`round_NN/generated.jsonl` and `round_NN/round.json` (written last: a round without it is rerun, its finished trials kept);
 `rounds.md` / `rounds.csv` (one row per round), `result.json` (final E and held-out scores).
 """
 import csv
@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from bort.agora import generators as augment
-from bort.agora.grid import collect, inference_command, read_grid, grid_path, run_pending, trials
+from bort.agora.grid import TrialRunner, collect, grid_path, inference_command, read_grid, trials
 from bort.agora.data_files import check_supported, label_index, raw_label, split_dev, write_examples
 from bort.errors import BortError
 from bort.io import atomic_write, read_json, write_json
@@ -121,15 +121,18 @@ def finetune_options(finetune_args):
 
 
 class Agora:
-    def __init__(self, args):
+    """One Agora run, configured by an AgoraConfig (bort.agora.options); `run()` does (or resumes) it."""
+
+    def __init__(self, config):
         from bort.text.tokenizer import tokenizer_from_args
 
-        self.args = args
-        self.task = get_task(args.task_name)
+        self.config = config
+        self.runner = TrialRunner.of(config)
+        self.task = get_task(config.task_name)
         check_supported(self.task)
-        self.out = args.output_dir
+        self.out = config.output_dir
         os.makedirs(self.out, exist_ok=True)
-        self.options = finetune_options(args.finetune_args)
+        self.options = finetune_options(config.finetune_args)
         data_dir = self.options.data_dir or self.task.default_data_dir()
         self.tokenizer = tokenizer_from_args(self.options)
         self.train = self.task.read(self.task.train_segment, data_dir)
@@ -137,29 +140,29 @@ class Agora:
         for examples in [self.train] + list(official_dev.values()):
             for ex in examples:
                 label_index(self.task, ex)  # a bad label fails here, before any run
-        split = split_dev(self.task, official_dev, args.heldout_fraction, args.split_seed)
+        split = split_dev(self.task, official_dev, config.heldout_fraction, config.split_seed)
         self.evaluation = {seg: e for seg, (e, _) in split.items()}
         self.heldout = {seg: h for seg, (_, h) in split.items() if h}
         self._write_split(split)
-        self.theta0 = list(trials(read_grid(grid_path(args.task_name, args.grid))))
+        self.theta0 = list(trials(read_grid(grid_path(config.task_name, config.grid))))
         names = [n for n, _ in self.theta0]
         if len(set(names)) != len(names):
-            raise BortError(f"{grid_path(args.task_name, args.grid)}: the grid has repeated settings")
+            raise BortError(f"{grid_path(config.task_name, config.grid)}: the grid has repeated settings")
         self.mlm = None
-        if "mlm" in args.generators and args.mlm_parameters:
+        if "mlm" in config.generators and config.mlm_parameters:
             from bort.weights.checkpoint import load_model
 
-            mlm = load_model(args.mlm_parameters, config=self.options.model_config, use_decoder=True)
+            mlm = load_model(config.mlm_parameters, config=self.options.model_config, use_decoder=True)
             self.mlm = augment.MlmReplacer(mlm, self.tokenizer)
-        self.functions = augment.make_generators(args.generators, self.mlm)
-        self.labeler = Labeler(self.task, args.teacher_parameters, self.tokenizer, self.options.max_len)
+        self.functions = augment.make_generators(config.generators, self.mlm)
+        self.labeler = Labeler(self.task, config.teacher_parameters, self.tokenizer, self.options.max_len)
         self.teacher_accuracy = self.labeler.check(official_dev)
-        print(f"agora: trained model {args.teacher_parameters}: dev accuracy {self.teacher_accuracy:.4f}; "
+        print(f"agora: trained model {config.teacher_parameters}: dev accuracy {self.teacher_accuracy:.4f}; "
               f"|D|={len(self.train)}, |E|={sum(map(len, self.evaluation.values()))}, "
               f"held out={sum(map(len, self.heldout.values()))}, |Θ|={len(self.theta0)}", flush=True)
 
     def _write_split(self, split):
-        record = {"seed": self.args.split_seed, "heldout_fraction": self.args.heldout_fraction,
+        record = {"seed": self.config.split_seed, "heldout_fraction": self.config.heldout_fraction,
                   "segments": {seg: {"E": [ex["where"] for ex in e], "heldout": [ex["where"] for ex in h]}
                                for seg, (e, h) in split.items()}}
         path = os.path.join(self.out, "split.json")
@@ -197,9 +200,9 @@ class Agora:
     def generate(self, k, replay, mistakes, train):
         """Variants of round k's mistakes, labelled by the trained model; `replay` > 0: the regeneration for the
         replay of round k + 1 (each (k, replay) has its own seed)."""
-        rng = np.random.RandomState(self.args.seed * 100003 + k * 101 + replay)
+        rng = np.random.RandomState(self.config.seed * 100003 + k * 101 + replay)
         seen = {augment.example_key(self.task, ex) for ex in train}
-        new = augment.generate(self.task, mistakes, self.functions, self.args.variants, rng, seen)
+        new = augment.generate(self.task, mistakes, self.functions, self.config.variants, rng, seen)
         if new:
             for ex, label in zip(new, self.labeler.predict(new)):
                 ex["label"] = raw_label(self.task, label)
@@ -212,14 +215,14 @@ class Agora:
                 handle.write(json.dumps(ex, ensure_ascii=False) + "\n")
 
     def run(self):
-        args, state = self.args, self.load_state()
+        config, state = self.config, self.load_state()
         theta = [t for t in self.theta0 if t[0] in state["theta"]] if state["theta"] is not None else self.theta0
         train = list(self.train) + state["generated"]
         k = len(state["rounds"]) + 1
-        while theta and k <= args.max_rounds:
+        while theta and k <= config.max_rounds:
             folder = self.round_dir(k)
             data_dir = self.write_round_data(k, train)
-            run_pending(theta, args, folder, data_dir=data_dir, label=f"agora round {k}")
+            self.runner.run_pending(theta, folder, data_dir=data_dir, label=f"agora round {k}")
             rows = collect(folder, theta)
             scored = [(r["trial"], dict(t[1]), r["score"]) for t in theta for r in rows if r["trial"] == t[0]]
             done = [r for r in rows if r["score"] is not None]
@@ -228,8 +231,8 @@ class Agora:
             best_round = done[0]
             previous = state["rounds"][-1] if state["rounds"] else None
             replays = state["replays"].get(str(k), 0)
-            margin = getattr(args, "replay_margin", 0.0)
-            if previous and best_round["score"] < previous["round_best_score"] + margin and replays < args.max_replays:
+            falls = previous and best_round["score"] < previous["round_best_score"] + config.replay_margin
+            if falls and replays < config.max_replays:
                 # replay: roll the round back, regenerate its data from the previous round's mistakes
                 replay = replays + 1
                 while os.path.exists(f"{folder}.replay{replay}"):
@@ -254,7 +257,7 @@ class Agora:
                                  "trial": best_round["trial"], "folder": os.path.join(folder, best_round["trial"])}
             rows_wrong = self.mistakes(state["best"]["folder"])
             wrong = [self.evaluation[s][r] for s, r in rows_wrong]
-            next_theta = prune(scored) if k < args.max_rounds else []
+            next_theta = prune(scored) if k < config.max_rounds else []
             generated_before = len(state["generated"])
             new = self.generate(k, 0, wrong, train) if next_theta else []  # replays of round k+1 use 1, 2, ...
             self.write_generated(folder, new)
@@ -318,7 +321,7 @@ class Agora:
         result = {"task": self.task.name, "rounds": len(state["rounds"]), "runs": runs,
                   "teacher_accuracy": self.teacher_accuracy, "best": best, "E_score": best["score"],
                   "heldout_score": heldout_score, "heldout": heldout_metrics,
-                  "split": {"seed": self.args.split_seed, "heldout_fraction": self.args.heldout_fraction},
+                  "split": {"seed": self.config.split_seed, "heldout_fraction": self.config.heldout_fraction},
                   "generated": len(state["generated"]), "replays": state["replays"]}
         write_json(os.path.join(self.out, "result.json"), result)
         write_round_tables(self.out, state["rounds"], result)
@@ -356,9 +359,11 @@ def write_round_tables(output_dir, rounds, result):
                      f"runs; trained model's dev accuracy {result['teacher_accuracy']:.4f}.\n")
 
 
-def run_agora(args):
-    result = Agora(args).run()
-    result["predict"] = inference_command(args.task_name, result["best"]["checkpoint"],
-                                          os.path.join(args.output_dir, "submission"), args.finetune_args)
+def run_agora(config):
+    """Run (or resume) Agora as an AgoraConfig says; returns result.json's record and `predict`, the
+    finetune_bort.py --only_inference command line for the final model."""
+    result = Agora(config).run()
+    result["predict"] = inference_command(config.task_name, result["best"]["checkpoint"],
+                                          os.path.join(config.output_dir, "submission"), config.finetune_args)
     return result
 

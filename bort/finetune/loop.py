@@ -21,9 +21,9 @@ from bort.finetune.task_kinds import RegressionTask
 from bort.finetune.tasks import DIAGNOSTICS, get_task, main_score
 from bort.io import JsonlLogger, write_json
 from bort.locking import file_digests, hold_directory, retract_result
-from bort.train.optim import (DynamicLossScaler, Distributed, GradientStep, LinearWarmupDecay, create_trainer,
-                              launched_by_horovodrun, set_seed, step_seed, trainable_parameters)
-from bort.train.precision import choose_context
+from bort.train.distributed import Distributed, launched_by_horovodrun
+from bort.train.optim import LinearWarmupDecay, create_trainer, set_seed, step_seed, trainable_parameters
+from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.validation import check_finetune_inputs
 from bort.weights.checkpoint import load_parameters
 

@@ -24,6 +24,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock
 
 from bort.inference import native_ops as _native
+from bort.weights.checkpoint import finish_deferred_init
 
 PAD_COLUMNS = 16  # zero columns appended to a GEMM input whose width is a multiple of 512 (pad_gemm_inputs)
 
@@ -104,9 +105,7 @@ class FastEncoder(HybridBlock):
         return fast
 
     def copy_from(self, model):
-        source = model._collect_params_with_prefix()
-        if any(param._deferred_init for param in source.values()):
-            _finish_deferred_init(model)
+        source = finish_deferred_init(model)._collect_params_with_prefix()
         own = self.params
         for name, src, pad in self._names:
             if isinstance(src, tuple):
@@ -174,15 +173,6 @@ class FastEncoder(HybridBlock):
             return F.bort_add_layer_norm(x, residual, gamma, beta, eps=eps)
         added = F.broadcast_add(x, residual) if broadcast else x + residual
         return F.LayerNorm(added, gamma, beta, axis=-1, eps=eps)
-
-
-def _finish_deferred_init(model):
-    """Dense layers of a freshly initialized model get their input size on the first call: make one."""
-    ids = mx.nd.ones((1, 2))
-    args = [ids, mx.nd.array([2])]
-    if model.config.token_type_vocab_size:
-        args += [None, mx.nd.zeros((1, 2))]
-    model(*args)
 
 
 def _activation(F, x, name):

@@ -16,23 +16,22 @@ import bort  # noqa: F401
 import mxnet as mx
 import numpy as np
 
-from bort.pretrain.distill import DistillationLoss
-from bort.pretrain.topk_distill import TopKDistillationLoss, prediction_counts, teacher_from_batch
-from bort.pretrain import teacher_cache
 from bort.errors import BortError
 from bort.io import JsonlLogger, write_json
-from bort.pretrain.mlm import MASK_TEXT, encode_with_masks, fill_mask, topk_accuracy  # noqa: F401  (re-exported)
 from bort.model import get_config
-from bort.pretrain.batches import TrainData, eval_batches, shard_metadata, split_shards, to_nd  # noqa: F401
-from bort.train.precision import choose_context, inject_test_faults
-from bort.pretrain.state import (checkpoint_prefix, complete_checkpoints, resolve_start_step,  # noqa: F401
-                             restore_checkpoint, rng_state, save_checkpoint, set_rng_state, trim_metrics)
-from bort.pretrain.step import (Totals, build_student, build_teacher, evaluate, forward_backward,  # noqa: F401
-                            materialize, summarize)
+from bort.pretrain import teacher_cache
+from bort.pretrain.batches import TrainData, eval_batches, shard_metadata, split_shards, to_nd
+from bort.pretrain.distill import DistillationLoss
+from bort.pretrain.state import (checkpoint_prefix, complete_checkpoints, restore_checkpoint, rng_state,
+                                 save_checkpoint, set_rng_state, trim_metrics)
+from bort.pretrain.step import Totals, build_student, build_teacher, evaluate, forward_backward, summarize
+from bort.pretrain.topk_distill import TopKDistillationLoss, prediction_counts, teacher_from_batch
 from bort.profiling import StepProfiler
+from bort.train.distributed import Distributed
+from bort.train.optim import (LinearWarmupDecay, create_trainer, prepare_optimizer_state, set_seed, step_seed,
+                              trainable_parameters)
+from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.weights.store import resume_original
-from bort.train.optim import (Distributed, DynamicLossScaler, GradientStep, LinearWarmupDecay, create_trainer, set_seed,
-                       step_seed, trainable_parameters)
 from data.shard_files import list_shards
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,6 @@ class PretrainConfig:
     prefetch: int = 4
     overwrite_ckpt_dir: bool = False  # a fresh run may delete another run's checkpoints in ckpt_dir
     max_consecutive_skips: int = 50  # float16: stop with an error after this many overflowing steps in a row
-    stop_at_step: int = None  # stop after this step as if killed (tests of resume)
     # --teacher_cache (bort.pretrain.teacher_cache): train from the teacher's cached top-k instead of running it
     teacher_cache: str = None
     teacher_cache_topk: int = None
@@ -156,7 +154,7 @@ def pretrain(config, dist=None):
 
     trainer = create_trainer(params, dist, optimizer=config.optimizer, lr=config.lr,
                              weight_decay=config.weight_decay, multi_precision=dtype == "float16")
-    _ensure_trainer_ready(trainer)
+    prepare_optimizer_state(trainer)
     scaler = DynamicLossScaler(max_skips=config.max_consecutive_skips) if dtype == "float16" else None
     stepper = GradientStep(trainer, params, max_norm=config.max_grad_norm, loss_scaler=scaler)
     if config.accumulate > 1:
@@ -213,7 +211,6 @@ def pretrain(config, dist=None):
                     cached_teacher=teacher_from_batch(arrays, ctx))
                 correct, agree = prediction_counts(logits, teacher_logits, labels, weights)
                 totals.add(out, correct, agree, float(arrays["valid_length"].sum()))
-            inject_test_faults(list(params.values()), step, dist.rank)
             grad_norm, applied = stepper(1.0)
             if config.accumulate > 1:
                 stepper.zero_grad()
@@ -245,9 +242,6 @@ def pretrain(config, dist=None):
                 _checkpoint(config, dist, step, student, model_config, trainer, data, scaler, run_id)
             if config.data_eval and eval_interval and step % eval_interval == 0 and step != config.num_steps:
                 last_eval = _eval_and_log(config, dist, student, teacher, loss_fn, ctx, dtype, metrics, step)
-            if config.stop_at_step and step >= config.stop_at_step:
-                return {"step": step, "stopped": True, "student": student, "teacher": teacher,
-                        "last_train": last_train, "rank": dist.rank}
     finally:
         data.close()
         if progress:
@@ -282,11 +276,6 @@ def _resume_position(config, dist, start_step, state, scaler):
     if dist.is_root:
         log.info("resumed from %s (step %d)", checkpoint_prefix(config.ckpt_dir, start_step), start_step)
     return positions
-
-
-def _ensure_trainer_ready(trainer):
-    if not trainer._kv_initialized:
-        trainer._init_kvstore()
 
 
 def _progress(config, dist, start_step):

@@ -5,19 +5,13 @@ import dataclasses
 import bort  # noqa: F401
 import mxnet as mx
 
-from bort.weights.checkpoint import _finish_deferred_init, load_parameters, read_config
+from bort.weights.checkpoint import finish_deferred_init, load_parameters, read_config
 from bort.pretrain.distill import load_teacher
 from bort.pretrain.topk_distill import prediction_counts, teacher_from_batch
 from bort.errors import BortError
 from bort.model import build_model, get_config
 from bort.pretrain.batches import to_nd
 from bort.weights.store import student_params_path
-
-
-def materialize(model):
-    """Finish deferred shape inference so every parameter exists (before broadcast or loading)."""
-    _finish_deferred_init(model, model._collect_params_with_prefix())
-    return model
 
 
 def build_student(config, vocab_size, ctx):
@@ -30,7 +24,7 @@ def build_student(config, vocab_size, ctx):
         if model_config.vocab_size != vocab_size:
             raise BortError(f"{config.student_params}: student vocabulary size {model_config.vocab_size} differs "
                             f"from the data's {vocab_size}")
-    model = materialize(build_model(model_config, ctx=ctx))
+    model = finish_deferred_init(build_model(model_config, ctx=ctx))
     if config.student_params:
         load_parameters(model, config.student_params)
     return model, model_config

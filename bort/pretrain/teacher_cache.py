@@ -335,7 +335,8 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
     from data.shard_files import list_shards  # noqa: PLC0415
 
     from bort.pretrain.distill import load_teacher  # noqa: PLC0415
-    from bort.train.optim import Distributed, set_seed  # noqa: PLC0415
+    from bort.train.distributed import Distributed  # noqa: PLC0415
+    from bort.train.optim import set_seed  # noqa: PLC0415
 
     dist = dist or Distributed()
     if temperature <= 0:

@@ -1,9 +1,8 @@
 """Training utilities shared by the distillation pretrainer and the fine-tuner.
 
-- `Distributed` (bort.train.distributed): Horovod when launched by horovodrun, else one process with the same API.
 - `create_trainer`: BERTAdam (or LAMB/Adam) with no weight decay on layer-norm parameters and biases.
 - `LinearWarmupDecay`: linear warmup to the peak learning rate, then linear decay to zero.
-- `GradientStep`, `DynamicLossScaler` (bort.train.precision): all-reduce, overflow check, clipping, update; float16.
+- `prepare_optimizer_state`: create a trainer's optimizer state now, so that a checkpoint can be restored into it.
 - `step_seed`: a per-step MXNet seed, which makes dropout reproducible across a resume (MXNet's RNG state
   cannot be saved).
 """
@@ -14,9 +13,7 @@ import gluonnlp  # noqa: F401  (registers the 'bertadam' optimizer)
 import mxnet as mx
 import numpy as np
 
-from bort.train.distributed import Distributed, launched_by_horovodrun  # noqa: F401  (re-exported)
 from bort.errors import BortError
-from bort.train.precision import DynamicLossScaler, GradientStep  # noqa: F401  (re-exported)
 
 NO_DECAY_SUFFIXES = ("gamma", "beta", "bias")
 
@@ -57,6 +54,14 @@ def create_trainer(params, dist, optimizer="bertadam", lr=1e-4, weight_decay=0.0
     if multi_precision:
         optimizer_params["multi_precision"] = True
     return dist.make_trainer(list(params.values()), optimizer, optimizer_params)
+
+
+def prepare_optimizer_state(trainer):
+    """Create the kvstore and updaters (the optimizer state) of a gluon `Trainer` now rather than at its first
+    step. Restoring a checkpoint writes into them before any step; MXNet 1.x has no public call for this, so the
+    private one is used here, and only here."""
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
 
 
 class LinearWarmupDecay:

@@ -22,8 +22,6 @@ from bort.errors import BortError
 log = logging.getLogger(__name__)
 
 CPU_FLOAT16_ENV = "BORT_CPU_FLOAT16"
-# Test hook: "STEP[:RANK],..." puts an inf into a gradient at those steps (of that rank only, with RANK).
-INJECT_INF_ENV = "BORT_TEST_INF_GRAD_AT"
 _FLOAT32_OPS = ("FullyConnected", "contrib.interleaved_matmul_selfatt_qk", "contrib.interleaved_matmul_selfatt_valatt",
                 "contrib.interleaved_matmul_encdec_qk", "contrib.interleaved_matmul_encdec_valatt")
 
@@ -198,16 +196,3 @@ class GradientStep:
         for param in self.params:
             param.zero_grad()
 
-
-def inject_test_faults(params, step, rank):
-    """Test hook (BORT_TEST_INF_GRAD_AT='STEP[:RANK],...'): an inf in the first gradient at those steps."""
-    spec = os.environ.get(INJECT_INF_ENV)
-    if not spec:
-        return False
-    for item in spec.split(","):
-        at, _, only_rank = item.strip().partition(":")
-        if int(at) == step and (not only_rank or int(only_rank) == rank):
-            first = next(p for p in params if p.grad_req != "null")
-            first.grad()[:] = float("inf")
-            return True
-    return False

@@ -66,8 +66,7 @@ def load_parameters(block, path, allow_missing=(), ignore_extra=(), ctx=None):
 
 def load_arrays(block, arrays, source, allow_missing=(), ignore_extra=()):
     """Strictly copy {name: NDArray or numpy array} into an initialized block (`source` names them in errors)."""
-    params = block._collect_params_with_prefix()
-    _finish_deferred_init(block, params)
+    params = finish_deferred_init(block)._collect_params_with_prefix()
     check_compatible({n: p.shape for n, p in params.items()}, {n: a.shape for n, a in arrays.items()},
                      source, allow_missing, ignore_extra)
     for name, param in params.items():
@@ -79,10 +78,15 @@ def load_arrays(block, arrays, source, allow_missing=(), ignore_extra=()):
     return block
 
 
-def _finish_deferred_init(block, params):
-    """Dense layers without in_units have unknown shapes until a first forward; run one tiny batch."""
+def finish_deferred_init(block):
+    """Make every parameter of a freshly initialized model exist; returns `block`.
+
+    Dense layers without in_units have unknown shapes (and no data) until a first forward: run one tiny batch
+    (token ids (1, 2); with the MLM head one masked position). `block` is a BortModel or any block with its
+    `config` (a ModelConfig) whose forward takes token ids first. Does nothing when every shape is known."""
+    params = block._collect_params_with_prefix()
     if all(0 not in p.shape for p in params.values()):
-        return
+        return block
     config = getattr(block, "config", None)
     if config is None:
         raise BortError("cannot load into a block whose parameter shapes are not known yet; run a forward first")
@@ -93,6 +97,7 @@ def _finish_deferred_init(block, params):
             block(tokens, mx.nd.array([2], ctx=tokens.context, dtype=dtype), mx.nd.zeros((1, 1), ctx=tokens.context))
         else:
             block(tokens)
+    return block
 
 
 def _context_of(params):

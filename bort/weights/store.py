@@ -214,8 +214,9 @@ def resume_original(config, dist, student, trainer, params, model_config, own_st
     else:
         return 0
     if states:
-        if not trainer._kv_initialized:
-            trainer._init_kvstore()
+        from bort.train.optim import prepare_optimizer_state  # noqa: PLC0415
+
+        prepare_optimizer_state(trainer)
         path = states.get(dist.local_rank, states[min(states)])
         load_original_states(path, trainer, params, model_config, config.allow_legacy_pickle)
     if dist.is_root and params_path:
