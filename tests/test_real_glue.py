@@ -10,10 +10,10 @@ import finetune_bort
 from bort.errors import run_cli
 from bort.finetune.tasks import TASKS, get_task, official_score
 from data.glue import SEGMENT_FILES
+from helpers import REAL_DATA
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GLUE = os.path.join(ROOT, "..", "shared", "real_data", "glue_data")
-pytestmark = pytest.mark.skipif(not os.path.isdir(GLUE), reason=f"real GLUE files not present ({GLUE})")
+GLUE = os.path.join(REAL_DATA, "glue_data")
+pytestmark = pytest.mark.real_data
 GLUE_TASKS = sorted(name for name, task in TASKS.items() if task.benchmark == "glue")
 FOLDER = {"AX": "diagnostic"}
 TINY = ["--pretrained_parameters", "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32",

@@ -5,7 +5,7 @@ import sys
 
 from bort.runtime import available_cores
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def threads_in_child(**env_changes):

@@ -18,9 +18,7 @@ from bort.pretrain.loop import PretrainConfig, pretrain
 from bort.text.tokenizer import _sha1
 from bort.train.optim import Distributed, create_trainer, trainable_parameters
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
+from helpers import ROOT, VOCAB_FLAGS
 
 
 def _inputs(vocab_size):
@@ -91,7 +89,7 @@ def test_missing_pretrained_teacher_offline_is_one_line(store_home):
 
 def _shards(out_dir):
     create_pretraining_data.main(["--input_file", os.path.join(ROOT, "test_data/sample_text.txt"), "--output_dir",
-                                  str(out_dir), *VOCAB, "--max_seq_length", "32", "--num_workers", "1",
+                                  str(out_dir), *VOCAB_FLAGS, "--max_seq_length", "32", "--num_workers", "1",
                                   "--no_progress"])
     return str(out_dir)
 

@@ -2,13 +2,10 @@
 Each case used to run silently (MXNet's Embedding clips ids) or end in a traceback; now it is one line, exit 2."""
 import json
 import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import bort  # noqa: E402,F401
+import bort  # noqa: F401
 import mxnet as mx
 
 import create_pretraining_data
@@ -20,9 +17,8 @@ from bort.finetune.loop import build_task_model, save_task_checkpoint
 from bort.model import get_config
 from bort.finetune.tasks import get_task
 from bort.validation import validate_training_state
+from helpers import ROOT, VOCAB_FLAGS
 
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
 GPT2_VOCAB = ["--encoder_json", os.path.join(ROOT, "test_data/vocab/encoder.json"),
               "--vocab_bpe", os.path.join(ROOT, "test_data/vocab/vocab.bpe")]  # 1000 tokens, not 1005
 SST2 = os.path.join(ROOT, "test_data/glue/SST-2")
@@ -51,7 +47,7 @@ def sst2_checkpoint(tmp_path_factory):
 
 def test_finetune_max_len_above_the_models_positions(tmp_path, capsys):
     err = _one_line_exit_2(finetune_bort.main, ["--task_name", "SST-2", "--data_dir", SST2, "--output_dir",
-                                                str(tmp_path / "out"), "--max_len", "200"] + TINY + VOCAB, capsys)
+                                                str(tmp_path / "out"), "--max_len", "200"] + TINY + VOCAB_FLAGS, capsys)
     assert "--max_len 200: longer than the 128 positions of the model (--model_config bort_tiny)" in err
     assert not (tmp_path / "out").exists()
 
@@ -75,7 +71,7 @@ def test_predict_flags(sst2_checkpoint, tmp_path, capsys, flags, message):
     import scripts.predict as predict
 
     err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", sst2_checkpoint,
-                                          "--data_dir", SST2, "--output_dir", str(tmp_path / "p")] + flags + VOCAB,
+                                          "--data_dir", SST2, "--output_dir", str(tmp_path / "p")] + flags + VOCAB_FLAGS,
                            capsys)
     assert message in err
 
@@ -92,7 +88,7 @@ def test_predict_with_another_vocabulary(sst2_checkpoint, tmp_path, capsys):
 # ---- pretraining shards against the student ---------------------------------------------------------------------
 def _shards(out_dir, max_seq_length):
     create_pretraining_data.main(["--input_file", os.path.join(ROOT, "test_data/sample_text.txt"), "--output_dir",
-                                  str(out_dir), *VOCAB, "--max_seq_length", str(max_seq_length),
+                                  str(out_dir), *VOCAB_FLAGS, "--max_seq_length", str(max_seq_length),
                                   "--num_workers", "1", "--no_progress"])
     return str(out_dir)
 
@@ -163,6 +159,6 @@ def test_a_config_json_claiming_more_than_its_parameter_file_holds(sst2_checkpoi
     config = json.load(open(sst2_checkpoint.replace(".params", ".json")))
     (tmp_path / "model_bort_SST-2.json").write_text(json.dumps(dict(config, num_layers=10 ** 8)))
     err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", str(params), "--data_dir",
-                                          SST2, "--segment", "dev", "--output_dir", str(tmp_path / "p")] + VOCAB,
+                                          SST2, "--segment", "dev", "--output_dir", str(tmp_path / "p")] + VOCAB_FLAGS,
                            capsys)
     assert "model_bort_SST-2.json: describes a model of" in err and "can hold" in err
