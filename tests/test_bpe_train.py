@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bort.text.bpe_train import SOURCE_FILE, ensure_vocab, file_sha256, train_bpe
 from bort.text.tokenizer import load_tokenizer
 
@@ -13,6 +15,7 @@ OTHER = ("The lighthouse keeper climbed the stairs every evening.\nHe lit the la
          "in a book: Ünïcødé names too, and 2024 numbers.\n") * 3
 
 
+@pytest.mark.sample_text
 def test_bundled_vocabulary_is_reused_only_for_its_own_text(tmp_path):
     # The bundled vocabulary records which text it was made from (scripts/make_test_vocab.py writes it).
     with open(os.path.join(VOCAB_DIR, SOURCE_FILE), encoding="utf-8") as handle:

@@ -85,6 +85,7 @@ def _hf_bpe(vocab_json, merges):
 # --- sample text and shipped vocabulary -------------------------------------------------------------------------
 
 
+@pytest.mark.sample_text
 def test_sample_text_format(sample_lines):
     """One sentence per line, blank lines between documents, some non-ASCII: the bundled text or gluon-nlp's."""
     text = "\n".join(sample_lines)
@@ -118,6 +119,7 @@ def test_shipped_vocab_layout(roberta):
 # --- parity with independent implementations --------------------------------------------------------------------
 
 
+@pytest.mark.sample_text
 def test_ids_match_hf_tokenizers(roberta, sample_lines):
     hf = _hf_bpe(HF_FILES["vocab_json"], HF_FILES["merges"])
     full_text = "\n".join(sample_lines)
