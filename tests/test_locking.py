@@ -61,7 +61,8 @@ def test_a_second_pretraining_run_into_a_held_ckpt_dir_is_refused(holder, tmp_pa
     out, proc = holder
     shards = str(tmp_path / "shards")
     create_pretraining_data.main(["--input_file", os.path.join(ROOT, "test_data/sample_text.txt"), "--output_dir",
-                                  shards, *VOCAB_FLAGS, "--max_seq_length", "32", "--num_workers", "1", "--no_progress"])
+                                  shards, *VOCAB_FLAGS, "--max_seq_length", "32", "--num_workers", "1",
+                                  "--no_progress"])
     err = _refused(pretrain_cli.main, ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny",
                                        "--num_steps", "1", "--batch_size", "4", "--ckpt_dir", str(out),
                                        "--no_progress"], capsys)

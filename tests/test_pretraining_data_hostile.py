@@ -132,8 +132,8 @@ def test_full_disk_while_spooling_is_one_line_and_leaves_no_shard(tmp_path, monk
     monkeypatch.setattr(ShardWriter, "_write", full)
     out = tmp_path / "out"
     with pytest.raises(BortError, match=r"out: cannot write shards there \(No space left on device\)") as err:
-        pretraining.create_pretraining_data(SAMPLE_TEXT, str(out), _tiny_tokenizer(), InstanceOptions(max_seq_length=32),
-                                            progress=False)
+        pretraining.create_pretraining_data(SAMPLE_TEXT, str(out), _tiny_tokenizer(),
+                                            InstanceOptions(max_seq_length=32), progress=False)
     assert "\n" not in str(err.value)
     assert not out.exists()  # created by the failed run, removed again
 
@@ -148,8 +148,8 @@ def test_full_disk_while_writing_the_shard_leaves_no_partial_file(tmp_path, monk
     os.makedirs(out)
     monkeypatch.setattr(shutil, "copyfileobj", full)
     with pytest.raises(BortError, match=r"part-000.npz: cannot write \(No space left on device\)"):
-        pretraining.create_pretraining_data(SAMPLE_TEXT, str(out), _tiny_tokenizer(), InstanceOptions(max_seq_length=32),
-                                            progress=False)
+        pretraining.create_pretraining_data(SAMPLE_TEXT, str(out), _tiny_tokenizer(),
+                                            InstanceOptions(max_seq_length=32), progress=False)
     assert _no_shard_files(out) and os.listdir(out) == []
 
 

@@ -15,7 +15,8 @@ from bort.errors import BortError
 from helpers import ROOT, SAMPLE_TEXT, VOCAB_DIR
 
 HF_FILES = dict(vocab_json=os.path.join(VOCAB_DIR, "vocab.json"), merges=os.path.join(VOCAB_DIR, "merges.txt"))
-FAIRSEQ_FILES = dict(encoder_json=os.path.join(VOCAB_DIR, "encoder.json"), vocab_bpe=os.path.join(VOCAB_DIR, "vocab.bpe"))
+FAIRSEQ_FILES = dict(encoder_json=os.path.join(VOCAB_DIR, "encoder.json"),
+                     vocab_bpe=os.path.join(VOCAB_DIR, "vocab.bpe"))
 DICT_TXT = os.path.join(VOCAB_DIR, "dict.txt")
 
 TRICKY = [

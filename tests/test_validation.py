@@ -71,7 +71,8 @@ def test_predict_flags(sst2_checkpoint, tmp_path, capsys, flags, message):
     import scripts.predict as predict
 
     err = _one_line_exit_2(predict.main, ["--task_name", "SST-2", "--model_parameters", sst2_checkpoint,
-                                          "--data_dir", SST2, "--output_dir", str(tmp_path / "p")] + flags + VOCAB_FLAGS,
+                                          "--data_dir", SST2, "--output_dir", str(tmp_path / "p")]
+                           + flags + VOCAB_FLAGS,
                            capsys)
     assert message in err
 
