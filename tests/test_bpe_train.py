@@ -3,32 +3,34 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bort.io import file_sha256
 from bort.text.bpe_train import SOURCE_FILE, ensure_vocab, train_bpe
 from bort.text.tokenizer import load_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
-BUNDLED = os.path.join(ROOT, "test_data", "vocab")
+from helpers import ROOT, SAMPLE_TEXT, VOCAB_DIR
+
 OTHER = ("The lighthouse keeper climbed the stairs every evening.\nHe lit the lamp and watched the ships.\n\n"
          "Ships passed the lighthouse at night, and the keeper counted them.\nThe keeper wrote the ships' names "
          "in a book: Ünïcødé names too, and 2024 numbers.\n") * 3
 
 
+@pytest.mark.sample_text
 def test_bundled_vocabulary_is_reused_only_for_its_own_text(tmp_path):
     # The bundled vocabulary records which text it was made from (scripts/make_test_vocab.py writes it).
-    with open(os.path.join(BUNDLED, SOURCE_FILE), encoding="utf-8") as handle:
+    with open(os.path.join(VOCAB_DIR, SOURCE_FILE), encoding="utf-8") as handle:
         recorded = handle.read().strip()
-    same = ensure_vocab(SAMPLE, str(tmp_path / "same"), bundled=BUNDLED)
-    if file_sha256(SAMPLE) == recorded:
+    same = ensure_vocab(SAMPLE_TEXT, str(tmp_path / "same"), bundled=VOCAB_DIR)
+    if file_sha256(SAMPLE_TEXT) == recorded:
         assert same == "bundled"
         for name in ("vocab.json", "merges.txt"):
-            assert (tmp_path / "same" / name).read_bytes() == open(os.path.join(BUNDLED, name), "rb").read()
+            assert (tmp_path / "same" / name).read_bytes() == open(os.path.join(VOCAB_DIR, name), "rb").read()
     else:  # another sample text is in test_data/ (e.g. gluon-nlp's): a vocabulary of its own
         assert same == "trained"
     other = tmp_path / "other.txt"
     other.write_text(OTHER, encoding="utf-8")
-    assert ensure_vocab(str(other), str(tmp_path / "other"), bundled=BUNDLED) == "trained"
+    assert ensure_vocab(str(other), str(tmp_path / "other"), bundled=VOCAB_DIR) == "trained"
     assert (tmp_path / "other" / SOURCE_FILE).read_text().strip() == file_sha256(str(other))
 
 

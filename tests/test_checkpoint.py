@@ -18,7 +18,7 @@ from bort.errors import BortError
 from bort.model import build_model, get_config
 from bort.train.precision import enable_cpu_float16
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def _inputs(config):
@@ -105,9 +105,9 @@ def test_truncated_and_foreign_files(tmp_path):
 def test_cli_bad_params_file_exits_non_zero_with_one_line(tmp_path):
     bad = tmp_path / "bad.params"
     bad.write_bytes(b"\x12\x01\x00\x00\x00\x00\x00\x00garbage")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "convert_checkpoint.py"), "gluon2hf",
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "convert_checkpoint.py"), "gluon2hf",
                              "--params", str(bad), "--config", "bort_tiny", "--output", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode != 0
     assert result.stderr.startswith("error: ") and result.stderr.strip().count("\n") == 0
     assert str(bad) in result.stderr

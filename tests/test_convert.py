@@ -23,8 +23,8 @@ from bort.model import build_model, get_config
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = os.path.join(REPO, "scripts", "convert_checkpoint.py")
+from helpers import ROOT
+CLI = os.path.join(ROOT, "scripts", "convert_checkpoint.py")
 TOL = 1e-4
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48)
 
@@ -302,7 +302,7 @@ def test_verify_parity_detects_a_wrong_weight(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, CLI, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+    return subprocess.run([sys.executable, CLI, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
                           timeout=300)
 
 

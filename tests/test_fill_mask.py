@@ -8,7 +8,6 @@ taken from the text itself unless it is the bundled one."""
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -17,27 +16,14 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.text.bpe_train import made_from
 from bort.weights.checkpoint import load_model
 from bort.pretrain.mlm import encode_with_masks, topk_accuracy
 from bort.text.tokenizer import load_tokenizer
 from data.collate import batchify
 from data.pretraining_format import load_shard
 from data.shard_files import list_shards
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB_JSON = os.path.join(ROOT, "test_data/vocab/vocab.json")
-MERGES = os.path.join(ROOT, "test_data/vocab/merges.txt")
-SAMPLE = os.path.join(ROOT, "test_data/sample_text.txt")
-
-
-def _bundled_sample_text():
-    return made_from(os.path.join(ROOT, "test_data/vocab"), SAMPLE)
-
-
-def _have_horovod():
-    return shutil.which("horovodrun") is not None and subprocess.run(
-        [sys.executable, "-c", "import horovod.mxnet"], capture_output=True).returncode == 0
+from helpers import (MERGES, ROOT, SAMPLE_TEXT, TEST_STUDENT_STEPS, TEST_TEACHER_STEPS, VOCAB_JSON,
+                     bundled_sample_text)
 
 
 def _batches(spec, size=64):
@@ -48,56 +34,43 @@ def _batches(spec, size=64):
                            shard.metadata["pad_id"])
 
 
-@pytest.fixture(scope="module")
-def test_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("launcher") / "run"
-    procs = "2" if _have_horovod() else "1"
-    env = dict(os.environ, BORT_TEST_DIR=str(run_dir), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "run_pretraining_distillation.sh"), procs, "TEST", "TEST"],
-                          cwd=str(run_dir.parent), env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (run_dir / "vocab" / "vocab.json").is_file()  # the vocabulary the run used
-    return run_dir
-
-
 def _run_vocab(run_dir):
     return str(run_dir / "vocab" / "vocab.json"), str(run_dir / "vocab" / "merges.txt")
 
 
-STUDENT_STEPS, TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
-
-
 @pytest.mark.slow
-def test_launcher_test_mode_distills_a_student_that_fills_masks(test_run):
-    student_dir = test_run / "bort_tiny_model"
-    params = student_dir / f"step_{STUDENT_STEPS:07d}.params"
-    assert params.is_file() and (student_dir / f"step_{STUDENT_STEPS:07d}.state.json").is_file()
+@pytest.mark.sample_text
+def test_launcher_test_mode_distills_a_student_that_fills_masks(launcher_test_run):
+    student_dir = launcher_test_run / "bort_tiny_model"
+    params = student_dir / f"step_{TEST_STUDENT_STEPS:07d}.params"
+    assert params.is_file() and (student_dir / f"step_{TEST_STUDENT_STEPS:07d}.state.json").is_file()
     records = [json.loads(line) for line in open(student_dir / "metrics.jsonl")]
     train = [r for r in records if r["kind"] == "train"]
-    evals = {r["model"]: r for r in records if r["kind"] == "eval" and r["step"] == STUDENT_STEPS}
-    assert len(train) == STUDENT_STEPS // 20 and {"student", "teacher"} <= set(evals)
+    evals = {r["model"]: r for r in records if r["kind"] == "eval" and r["step"] == TEST_STUDENT_STEPS}
+    assert len(train) == TEST_STUDENT_STEPS // 20 and {"student", "teacher"} <= set(evals)
     for key in ("mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s", "ms_per_step"):
         assert all(np.isfinite(r[key]) for r in train), key
     assert train[-1]["kd_loss"] < 0.5 * train[0]["kd_loss"]
 
     # Held-back masks: the eval shard masks the text with another seed than the training shards.
     student = load_model(str(params))
-    teacher = load_model(str(test_run / "teacher" / f"step_{TEACHER_STEPS:07d}.params"))
+    teacher = load_model(str(launcher_test_run / "teacher" / f"step_{TEST_TEACHER_STEPS:07d}.params"))
     vocab_size = student.config.vocab_size
     counts = np.zeros(vocab_size)
-    for batch in _batches(str(test_run / "train")):
+    for batch in _batches(str(launcher_test_run / "train")):
         np.add.at(counts, batch["masked_ids"][batch["masked_weights"] > 0], 1)
-    labels = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in _batches(str(test_run / "eval"))])
+    labels = np.concatenate([b["masked_ids"][b["masked_weights"] > 0]
+                             for b in _batches(str(launcher_test_run / "eval"))])
     frequency_top1 = np.isin(labels, np.argsort(-counts)[:1]).mean()
     frequency_top5 = np.isin(labels, np.argsort(-counts)[:5]).mean()
-    student_top1 = topk_accuracy(student, _batches(str(test_run / "eval")), mx.cpu(), k=1)
-    student_top5 = topk_accuracy(student, _batches(str(test_run / "eval")), mx.cpu(), k=5)
-    teacher_top5 = topk_accuracy(teacher, _batches(str(test_run / "eval")), mx.cpu(), k=5)
+    student_top1 = topk_accuracy(student, _batches(str(launcher_test_run / "eval")), mx.cpu(), k=1)
+    student_top5 = topk_accuracy(student, _batches(str(launcher_test_run / "eval")), mx.cpu(), k=5)
+    teacher_top5 = topk_accuracy(teacher, _batches(str(launcher_test_run / "eval")), mx.cpu(), k=5)
     print(f"held-back masks: top-1 student {student_top1:.3f} (training log {evals['student']['mlm_acc']:.3f}), "
           f"teacher {evals['teacher']['mlm_acc']:.3f}, frequency baseline {frequency_top1:.3f}; top-5 student "
           f"{student_top5:.3f}, teacher {teacher_top5:.3f}, frequency baseline {frequency_top5:.3f}")
     assert abs(student_top1 - evals["student"]["mlm_acc"]) < 0.01  # the run's eval agrees with this pass
-    if _bundled_sample_text():
+    if bundled_sample_text():
         # Measured: top-1 0.84-0.88 (student) and 0.84-0.89 (teacher) against 0.10; top-5 0.97 against 0.26.
         assert student_top1 > 0.6 and student_top1 > frequency_top1 + 0.4
         assert evals["teacher"]["mlm_acc"] > 0.6
@@ -124,9 +97,9 @@ def fill_mask_cases(tokenizer, count=5, context=10):
     the text (letters only, at least 5 of them, one token with their leading space, not among the text's 40 most
     frequent tokens, not the start of a longer word), each masked in a window of up to `context` words either side
     within its line."""
-    if _bundled_sample_text():
+    if bundled_sample_text():
         return FILL_MASK_CASES
-    with open(SAMPLE, encoding="utf-8-sig") as handle:
+    with open(SAMPLE_TEXT, encoding="utf-8-sig") as handle:
         lines = [tokenizer.encode(line.rstrip("\n")) for line in handle if line.strip()]
     frequent = {i for i, _ in collections.Counter(i for ids in lines for i in ids).most_common(40)}
     candidates = []
@@ -143,9 +116,10 @@ def fill_mask_cases(tokenizer, count=5, context=10):
 
 
 @pytest.mark.slow
-def test_fill_mask_cli_and_plots(test_run, tmp_path):
-    params = test_run / "bort_tiny_model" / f"step_{STUDENT_STEPS:07d}.params"
-    vocab_json, merges = _run_vocab(test_run)
+@pytest.mark.sample_text
+def test_fill_mask_cli_and_plots(launcher_test_run, tmp_path):
+    params = launcher_test_run / "bort_tiny_model" / f"step_{TEST_STUDENT_STEPS:07d}.params"
+    vocab_json, merges = _run_vocab(launcher_test_run)
     cases = fill_mask_cases(load_tokenizer(vocab_json=vocab_json, merges=merges))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/fill_mask.py"), "--params", str(params),
                            "--vocab_json", vocab_json, "--merges", merges, "--top_k", "7", "--json",
@@ -177,7 +151,7 @@ def test_fill_mask_cli_and_plots(test_run, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "curves.png"
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/plot_metrics.py"),
-                           str(test_run / "bort_tiny_model" / "metrics.jsonl"), "--output", str(png)],
+                           str(launcher_test_run / "bort_tiny_model" / "metrics.jsonl"), "--output", str(png)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

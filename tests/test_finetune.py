@@ -6,46 +6,39 @@ import pytest
 
 import finetune_bort
 from bort.errors import run_cli
+from helpers import VOCAB_FLAGS
 
-VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vocab/merges.txt"]
-TINY = ["--pretrained_parameters", "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32"] + VOCAB
+TINY = ["--pretrained_parameters", "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32",
+        *VOCAB_FLAGS]
 
 
 def cli(argv):
     run_cli(finetune_bort.main)(argv)
 
 
-@pytest.fixture(scope="module")
-def sst2_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sst2")
-    cli(["--task_name", "SST-2", "--data_dir", "test_data/glue/SST-2", "--output_dir", str(out), "--epochs", "3",
-         "--ramp_up_epochs", "3", "--batch_size", "16", "--lr", "1e-3", "--seed", "2"] + TINY)
-    return out
-
-
 @pytest.mark.slow
-def test_tiny_model_learns_sst2_and_predicts(sst2_run, tmp_path):
-    result = json.loads((sst2_run / "result.json").read_text())
+def test_tiny_model_learns_sst2_and_predicts(sst2_finetuned, tmp_path):
+    result = json.loads((sst2_finetuned / "result.json").read_text())
     assert result["score"] >= 0.9, result
-    records = [json.loads(line) for line in (sst2_run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (sst2_finetuned / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["kind"] == "dev"] == [1, 2, 3]
-    meta = json.loads((sst2_run / "model_bort_SST-2.task.json").read_text())
+    meta = json.loads((sst2_finetuned / "model_bort_SST-2.task.json").read_text())
     assert meta["task"] == "SST-2" and meta["epoch"] == result["best_epoch"]
     # --only_inference with the best checkpoint: same dev score, leaderboard file with the test labels (i % 2)
     out = tmp_path / "inference"
     cli(["--task_name", "SST-2", "--data_dir", "test_data/glue/SST-2", "--output_dir", str(out), "--only_inference",
-         "--model_parameters", str(sst2_run / "model_bort_SST-2.params")] + TINY)
+         "--model_parameters", str(sst2_finetuned / "model_bort_SST-2.params")] + TINY)
     again = json.loads((out / "result.json").read_text())
     assert again["score"] == pytest.approx(result["score"])
     rows = [line.split("\t") for line in (out / "SST-2.tsv").read_text().splitlines()[1:]]
     assert [r[1] for r in rows] == [str(i % 2) for i in range(6)]
 
 
-def test_checkpoint_for_another_task(sst2_run, tmp_path, capsys):
+def test_checkpoint_for_another_task(sst2_finetuned, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         cli(["--task_name", "CoLA", "--data_dir", "test_data/glue/CoLA", "--output_dir", str(out),
-             "--only_inference", "--model_parameters", str(sst2_run / "model_bort_SST-2.params")] + TINY)
+             "--only_inference", "--model_parameters", str(sst2_finetuned / "model_bort_SST-2.params")] + TINY)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fine-tuned for 'SST-2', not for CoLA" in err[0]
@@ -81,7 +74,7 @@ def test_invalid_jsonl_line_and_missing_pretrained(tmp_path, capsys):
     assert "train.jsonl:2: invalid JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli(["--task_name", "CB", "--data_dir", str(data), "--pretrained_parameters", str(tmp_path / "bort.params"),
-             "--output_dir", str(tmp_path / "o")] + VOCAB)
+             "--output_dir", str(tmp_path / "o")] + VOCAB_FLAGS)
     assert "bort.params: pretrained parameters not found; download bort.params" in capsys.readouterr().err
 
 

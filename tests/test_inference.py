@@ -8,6 +8,7 @@ from bort.errors import BortError
 from bort.inference.fast_encoder import FastEncoder, interleave_qkv
 from bort.inference.modes import MODES, bucket_order, encoder_flops, predict_bucketed, prepare
 from bort.model import build_model, get_config
+from helpers import MERGES, VOCAB_FLAGS, VOCAB_JSON
 
 # max |mode - fp32| relative to max |fp32| on the tiny models
 TOLERANCE = {"fp32": 1e-6, "fused": 1e-5, "bf16": 2e-2, "int8": 5e-2}
@@ -148,15 +149,13 @@ def test_encoder_flops_by_hand():
 
 # ---------------------------------------------------------------- task prediction (scripts/predict.py)
 
-VOCAB = ["--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vocab/merges.txt"]
-
 
 def _task_setup(name, data_dir, segment):
     from bort.finetune.checkpoints import build_task_model
     from bort.finetune.tasks import get_task
     from bort.text.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(vocab_json=VOCAB[1], merges=VOCAB[3])
+    tokenizer = load_tokenizer(vocab_json=VOCAB_JSON, merges=MERGES)
     task = get_task(name)
     mx.random.seed(4)
     model = build_task_model(task, get_config("bort_tiny", vocab_size=tokenizer.vocab_size, dropout=0.0), dropout=0.0)
@@ -221,7 +220,8 @@ def test_predict_script_on_the_naive_engine_matches_the_threaded_one(tmp_path):
         proc = subprocess.run([sys.executable, os.path.join(root, "scripts", "predict.py"), "--task_name", "SST-2",
                                "--model_parameters", str(ckpt), "--data_dir", "test_data/glue/SST-2", "--segment",
                                "dev", "--mode", "fp32", "--max_len", "64", "--batch_size", "8", "--engine", engine,
-                               "--output_dir", str(out)] + VOCAB, cwd=root, env=env, capture_output=True, text=True)
+                               "--output_dir", str(out), *VOCAB_FLAGS], cwd=root, env=env, capture_output=True,
+                              text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         expected = "NaiveEngine" if engine == "naive" else "ThreadedEnginePerDevice"
         assert f"MXNet engine {expected}" in proc.stderr

@@ -8,19 +8,16 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import finetune_bort
 import run_pretraining_distillation_hvd as pretrain_cli
 from bort.finetune import loop as finetune
 from bort import locking
 from bort.errors import BortError, run_cli
+from helpers import ROOT, VOCAB_FLAGS
 
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
 WNLI = ["--task_name", "WNLI", "--data_dir", os.path.join(ROOT, "test_data/glue/WNLI"), "--pretrained_parameters",
         "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32", "--epochs", "1", "--batch_size",
-        "8"] + VOCAB
+        "8"] + VOCAB_FLAGS
 
 
 @pytest.fixture
@@ -64,7 +61,8 @@ def test_a_second_pretraining_run_into_a_held_ckpt_dir_is_refused(holder, tmp_pa
     out, proc = holder
     shards = str(tmp_path / "shards")
     create_pretraining_data.main(["--input_file", os.path.join(ROOT, "test_data/sample_text.txt"), "--output_dir",
-                                  shards, *VOCAB, "--max_seq_length", "32", "--num_workers", "1", "--no_progress"])
+                                  shards, *VOCAB_FLAGS, "--max_seq_length", "32", "--num_workers", "1",
+                                  "--no_progress"])
     err = _refused(pretrain_cli.main, ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny",
                                        "--num_steps", "1", "--batch_size", "4", "--ckpt_dir", str(out),
                                        "--no_progress"], capsys)

@@ -13,8 +13,8 @@ from bort.weights.checkpoint import load_parameters, read_params_file
 from bort.errors import BortError
 from bort.model import CONFIGS, ModelConfig, build_model, get_config, parameter_shapes, parameter_summary
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BORT_PARAMS = os.path.join(REPO, "model", "bort.params")
+from helpers import ROOT
+BORT_PARAMS = os.path.join(ROOT, "model", "bort.params")
 
 
 def _expected_counts(config, with_head):
@@ -51,7 +51,7 @@ def test_summary_matches_allocated_model(name):
 
 def _summary_cli(*args):
     result = subprocess.run([sys.executable, "-m", "bort.model", "--summary", *args], capture_output=True,
-                            text=True, cwd=REPO, timeout=120)
+                            text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()
 
@@ -64,7 +64,7 @@ def test_summary_cli_last_line():
 
 def test_summary_cli_bad_config_is_one_line_error():
     result = subprocess.run([sys.executable, "-m", "bort.model", "--summary", "no_such_model"], capture_output=True,
-                            text=True, cwd=REPO, timeout=120)
+                            text=True, cwd=ROOT, timeout=120)
     assert result.returncode != 0
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
 

@@ -15,7 +15,7 @@ from bort.inference import native_ops
 from bort.inference.modes import MODES, prepare
 from bort.model import build_model, get_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 @pytest.fixture(scope="module")

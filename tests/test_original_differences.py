@@ -1,14 +1,10 @@
 """What docs/differences.md says about the original Bort code, shown with gluon-nlp 0.10 itself."""
 import json
-import os
 
 import pytest
 
 from bort.text.tokenizer import load_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB_JSON = os.path.join(ROOT, "test_data/vocab/vocab.json")
-MERGES = os.path.join(ROOT, "test_data/vocab/merges.txt")
+from helpers import MERGES, VOCAB_JSON
 
 
 def _gluonnlp_roberta_vocab(nlp, cls):

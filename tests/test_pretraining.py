@@ -12,49 +12,20 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
 from bort.weights.checkpoint import load_parameters, save_parameters
 from bort.errors import BortError
 from bort.model import build_model, get_config
-from bort.pretrain.loop import PretrainConfig, parameters_digest, pretrain
+from bort.pretrain.loop import parameters_digest, pretrain
 from bort.pretrain.batches import eval_batches, split_shards
 from bort.pretrain.state import complete_checkpoints, resolve_start_step
-from pretrain_faults import checkpoint_parameters, killed_after
 from bort.train.distributed import Distributed
 from data.pretraining_format import load_shard
 from data.shard_files import list_shards
+from helpers import ROOT, tiny_config
+from pretrain_faults import checkpoint_parameters, killed_after
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
-SAMPLE = os.path.join(ROOT, "test_data/sample_text.txt")
-
-
-def make_shards(out_dir, num_outputs=2, dupe_factor=2, seed=12345, max_seq_length=32):
-    create_pretraining_data.main(["--input_file", SAMPLE, "--output_dir", str(out_dir), *VOCAB,
-                                  "--dupe_factor", str(dupe_factor), "--num_outputs", str(num_outputs),
-                                  "--max_seq_length", str(max_seq_length), "--random_seed", str(seed),
-                                  "--num_workers", "1", "--no_progress"])
-    return str(out_dir)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("shards"))
-
-
-@pytest.fixture(scope="module")
-def vocab_size(shards):
-    return int(load_shard(os.path.join(shards, "part-000.npz")).metadata["vocab_size"])
-
-
-def tiny_config(shards, ckpt_dir, **changes):
-    base = PretrainConfig(data=shards, model="bort_tiny", teacher_model="roberta_tiny", random_teacher=True,
-                          num_steps=8, batch_size=8,
-                          num_buckets=3, dtype="float32", ckpt_dir=str(ckpt_dir), ckpt_interval=4, log_interval=2,
-                          lr=1e-3, warmup_ratio=0.25, progress=False, cpu_only=True)
-    return dataclasses.replace(base, **changes)
+# `shards` and `vocab_size` (conftest.py): two shards of the sample text, dupe factor 2, 32 tokens, seed 12345.
 
 
 def _materialized(config):
@@ -215,14 +186,8 @@ def test_student_can_start_from_parameters(shards, vocab_size, tmp_path):
         np.testing.assert_array_equal(loaded[name], trained[name])
 
 
-def _have_horovod():
-    if shutil.which("horovodrun") is None:
-        return False
-    return subprocess.run([sys.executable, "-c", "import horovod.mxnet"], capture_output=True).returncode == 0
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _have_horovod(), reason="horovod with MXNet is not installed")
+@pytest.mark.horovod
 def test_horovod_two_ranks_match_one_process(shards, tmp_path):
     """horovodrun -np 2 (gloo, CPU): identical parameters on both ranks, equal to one process with the same
     global batch (accumulate 2), and -np 3 with 2 shards fails with a clear error."""

@@ -9,8 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from bort.errors import BortError, run_cli
 from bort.text.tokenizer import load_tokenizer
 from data.collate import batchify
@@ -18,11 +16,7 @@ from data.pretraining import create_pretraining_data
 from data.pretraining_format import Instance, InstanceBatch, load_shard, write_shard
 from data.pretraining_instances import InstanceOptions
 from data.shard_files import list_shards
-
-SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
-VOCAB_JSON = os.path.join(ROOT, "test_data", "vocab", "vocab.json")
-MERGES = os.path.join(ROOT, "test_data", "vocab", "merges.txt")
-VOCAB_FLAGS = ["--vocab_json", VOCAB_JSON, "--merges", MERGES]
+from helpers import MERGES, ROOT, SAMPLE_TEXT, VOCAB_FLAGS, VOCAB_JSON
 ARRAYS = {"input_ids": np.int32, "segment_ids": np.int32, "input_offsets": np.int64,
           "masked_lm_positions": np.int32, "masked_lm_ids": np.int32, "masked_offsets": np.int64,
           "next_sentence_labels": np.int32, "format_version": np.int32, "vocab_size": np.int32,
@@ -35,7 +29,7 @@ def tok():
 
 
 def sample_sentences():
-    with open(SAMPLE, encoding="utf-8") as handle:
+    with open(SAMPLE_TEXT, encoding="utf-8") as handle:
         return [line.strip() for line in handle if line.strip()]
 
 
@@ -70,7 +64,7 @@ def run(tok, inputs, out, **kwargs):
 
 
 def test_shard_arrays_shapes_dtypes_and_wrapping(tok, tmp_path):
-    summary = run(tok, SAMPLE, tmp_path, options=InstanceOptions(max_seq_length=64))
+    summary = run(tok, SAMPLE_TEXT, tmp_path, options=InstanceOptions(max_seq_length=64))
     [path] = shards(tmp_path)
     with np.load(path, allow_pickle=False) as npz:
         assert set(npz.files) >= set(ARRAYS)
@@ -200,8 +194,8 @@ def test_whole_word_mask_masks_every_piece_of_a_word(tok, tmp_path):
 
 
 def test_dupe_factor_repeats_documents_with_fresh_masks(tok, tmp_path):
-    once = run(tok, SAMPLE, tmp_path / "once", options=InstanceOptions(max_seq_length=64, short_seq_prob=0.0))
-    twice = run(tok, SAMPLE, tmp_path / "twice", options=InstanceOptions(max_seq_length=64, short_seq_prob=0.0,
+    once = run(tok, SAMPLE_TEXT, tmp_path / "once", options=InstanceOptions(max_seq_length=64, short_seq_prob=0.0))
+    twice = run(tok, SAMPLE_TEXT, tmp_path / "twice", options=InstanceOptions(max_seq_length=64, short_seq_prob=0.0,
                                                                           dupe_factor=3))
     assert twice["tokens"] == once["tokens"] and twice["documents"] == once["documents"]
     assert 2.5 * once["instances"] < twice["instances"] < 3.5 * once["instances"]
@@ -211,8 +205,8 @@ def test_dupe_factor_repeats_documents_with_fresh_masks(tok, tmp_path):
 
 
 def test_summary_counts_match_the_input(tok, tmp_path):
-    summary = run(tok, SAMPLE, tmp_path)
-    with open(SAMPLE, encoding="utf-8") as handle:
+    summary = run(tok, SAMPLE_TEXT, tmp_path)
+    with open(SAMPLE_TEXT, encoding="utf-8") as handle:
         text = handle.read()
     documents = [d for d in text.split("\n\n") if d.strip()]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -453,7 +447,7 @@ def bad_input_cases(tmp_path):
         "short_seq_prob": ([str(good), "--short_seq_prob", "-0.1"], "--short_seq_prob -0.1"),
         "max_seq_length": ([str(good), "--max_seq_length", "2"], "--max_seq_length 2"),
         "max_predictions": ([str(good), "--max_predictions_per_seq", "0"], "--max_predictions_per_seq 0"),
-        "too many outputs": ([SAMPLE, "--num_outputs", "500"], "--num_outputs 500: only"),
+        "too many outputs": ([SAMPLE_TEXT, "--num_outputs", "500"], "--num_outputs 500: only"),
         "no vocabulary": ([str(good), "--vocab_json", str(tmp_path / "nope.json")], "nope.json"),
     }
 
@@ -496,7 +490,7 @@ def test_failure_after_some_work_leaves_no_shard(tok, tmp_path):
 
 
 def test_existing_shards_are_replaced_atomically(tok, tmp_path):
-    run(tok, SAMPLE, tmp_path, options=InstanceOptions(max_seq_length=64))
+    run(tok, SAMPLE_TEXT, tmp_path, options=InstanceOptions(max_seq_length=64))
     before = open(shards(tmp_path)[0], "rb").read()
     blank = tmp_path / "blank.txt"
     blank.write_text("\n\n")

@@ -12,8 +12,6 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from bort.errors import BortError
 from bort.runtime import process_alive, process_descendants
 from bort.text.tokenizer import load_tokenizer
@@ -21,15 +19,12 @@ from data import pretraining
 from data.pretraining_format import InstanceBatch, ShardWriter, load_shard
 from data.pretraining_instances import InstanceOptions
 from data.shard_files import check_shards_fit
-
-SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data", "vocab", "vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data", "vocab", "merges.txt")]
+from helpers import ROOT, SAMPLE_TEXT, VOCAB_FLAGS
 META = {"vocab_size": 100, "pad_id": 1, "mask_id": 99, "bos_id": 0, "eos_id": 2, "max_seq_length": 16}
 
 
 def _corpus(path, megabytes):
-    with open(SAMPLE, encoding="utf-8") as handle:
+    with open(SAMPLE_TEXT, encoding="utf-8") as handle:
         sentences = [line.strip() for line in handle if line.strip()]
     rng = random.Random(0)
     with open(path, "w", encoding="utf-8") as out:
@@ -41,7 +36,7 @@ def _corpus(path, megabytes):
 def _start(tmp_path, out):
     corpus = _corpus(tmp_path / "corpus.txt", 6)
     proc = subprocess.Popen([sys.executable, "create_pretraining_data.py", "--input_file", str(corpus),
-                             "--output_dir", str(out), "--num_workers", "2", "--no_progress", *VOCAB,
+                             "--output_dir", str(out), "--num_workers", "2", "--no_progress", *VOCAB_FLAGS,
                              "--dupe_factor", "40"], cwd=ROOT,  # ~15 s of work even on a quiet machine
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -101,7 +96,7 @@ def test_workers_die_when_the_parent_is_killed_with_sigkill(tmp_path):
 
 
 def _tiny_tokenizer():
-    return load_tokenizer(vocab_json=VOCAB[1], merges=VOCAB[3])
+    return load_tokenizer(vocab_json=VOCAB_FLAGS[1], merges=VOCAB_FLAGS[3])
 
 
 def test_full_disk_while_spooling_is_one_line_and_leaves_no_shard(tmp_path, monkeypatch):
@@ -111,8 +106,8 @@ def test_full_disk_while_spooling_is_one_line_and_leaves_no_shard(tmp_path, monk
     monkeypatch.setattr(ShardWriter, "_write", full)
     out = tmp_path / "out"
     with pytest.raises(BortError, match=r"out: cannot write shards there \(No space left on device\)") as err:
-        pretraining.create_pretraining_data(SAMPLE, str(out), _tiny_tokenizer(), InstanceOptions(max_seq_length=32),
-                                            progress=False)
+        pretraining.create_pretraining_data(SAMPLE_TEXT, str(out), _tiny_tokenizer(),
+                                            InstanceOptions(max_seq_length=32), progress=False)
     assert "\n" not in str(err.value)
     assert not out.exists()  # created by the failed run, removed again
 
@@ -127,8 +122,8 @@ def test_full_disk_while_writing_the_shard_leaves_no_partial_file(tmp_path, monk
     os.makedirs(out)
     monkeypatch.setattr(shutil, "copyfileobj", full)
     with pytest.raises(BortError, match=r"part-000.npz: cannot write \(No space left on device\)"):
-        pretraining.create_pretraining_data(SAMPLE, str(out), _tiny_tokenizer(), InstanceOptions(max_seq_length=32),
-                                            progress=False)
+        pretraining.create_pretraining_data(SAMPLE_TEXT, str(out), _tiny_tokenizer(),
+                                            InstanceOptions(max_seq_length=32), progress=False)
     assert _no_shard_files(out) and os.listdir(out) == []
 
 

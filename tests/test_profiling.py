@@ -7,7 +7,7 @@ import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
 from bort.profiling import StepProfiler, trace_path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def test_window_and_names():

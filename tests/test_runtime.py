@@ -6,7 +6,7 @@ import time
 
 from bort.runtime import available_cores, process_alive, process_descendants
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 
 def threads_in_child(**env_changes):

@@ -19,9 +19,7 @@ from bort.text.gluonnlp_files import file_sha1
 from bort.train.distributed import Distributed
 from bort.train.optim import create_trainer, trainable_parameters
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
+from helpers import ROOT, VOCAB_FLAGS
 
 
 def _inputs(vocab_size):
@@ -92,7 +90,7 @@ def test_missing_pretrained_teacher_offline_is_one_line(store_home):
 
 def _shards(out_dir):
     create_pretraining_data.main(["--input_file", os.path.join(ROOT, "test_data/sample_text.txt"), "--output_dir",
-                                  str(out_dir), *VOCAB, "--max_seq_length", "32", "--num_workers", "1",
+                                  str(out_dir), *VOCAB_FLAGS, "--max_seq_length", "32", "--num_workers", "1",
                                   "--no_progress"])
     return str(out_dir)
 

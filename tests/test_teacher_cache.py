@@ -15,9 +15,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-import create_pretraining_data
 import run_pretraining_distillation_hvd as cli
-from bort.text.bpe_train import made_from
 from bort.weights.checkpoint import finish_deferred_init, save_parameters
 from bort.pretrain.distill import DistillationLoss, load_teacher
 from bort.errors import BortError
@@ -28,27 +26,11 @@ from bort.pretrain.teacher_cache import (ARRAYS, CacheReader, bytes_per_position
 from bort.pretrain.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
 from data.collate import batchify
 from data.pretraining_format import load_shard
+from helpers import ROOT, bundled_sample_text, launcher_procs, run_launcher
 from pretrain_faults import checkpoint_parameters, killed_after
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
-SAMPLE = os.path.join(ROOT, "test_data/sample_text.txt")
 T = 2.0
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shards")
-    create_pretraining_data.main(["--input_file", SAMPLE, "--output_dir", str(out), *VOCAB, "--dupe_factor", "2",
-                                  "--num_outputs", "2", "--max_seq_length", "32", "--random_seed", "12345",
-                                  "--num_workers", "1", "--no_progress"])
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def vocab_size(shards):
-    return int(load_shard(os.path.join(shards, "part-000.npz")).metadata["vocab_size"])
+# `shards` and `vocab_size` (conftest.py): two shards of the sample text, dupe factor 2, 32 tokens, seed 12345.
 
 
 def make_teacher(path, vocab_size, seed):
@@ -354,11 +336,6 @@ def test_resume_from_the_cache_is_exact(shards, caches, teacher_path, tmp_path):
     assert resumed["eval"]["kd_loss"] == pytest.approx(evals[-1]["kd_loss"], rel=1e-5)
 
 
-def _have_horovod():
-    return shutil.which("horovodrun") is not None and subprocess.run(
-        [sys.executable, "-c", "import horovod.mxnet"], capture_output=True).returncode == 0
-
-
 def _horovodrun(cmd, env, tmp_dir):
     """horovodrun -np 2, retried once when it aborts without an error of ours (as in test_pretraining)."""
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -371,7 +348,7 @@ def _horovodrun(cmd, env, tmp_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _have_horovod(), reason="horovod with MXNet is not installed")
+@pytest.mark.horovod
 def test_horovod_ranks_cache_their_shards_and_train_from_them(shards, caches, teacher_path, tmp_path):
     """cache_teacher.py under horovodrun -np 2: each rank writes its shard's cache, equal to the single-process
     caches; pretraining -np 2 from them equals one process with --accumulate 2."""
@@ -407,41 +384,34 @@ def test_horovod_ranks_cache_their_shards_and_train_from_them(shards, caches, te
         np.testing.assert_allclose(a[name].asnumpy(), b[name].asnumpy(), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def _bundled_sample_text():
-    return made_from(os.path.join(ROOT, "test_data/vocab"), SAMPLE)
-
-
-def _launcher(run_dir, procs, *extra, env_extra=None):
-    env = dict(os.environ, BORT_TEST_DIR=str(run_dir), PYTHON=sys.executable, **(env_extra or {}))
-    proc = subprocess.run(["bash", os.path.join(ROOT, "run_pretraining_distillation.sh"), procs, "TEST", "TEST",
-                           *extra], cwd=str(run_dir.parent), env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def _metrics_at_the_end(run_dir):
+    """The launcher run's final evaluation {model: record} and its median training ms per step."""
     records = [json.loads(line) for line in open(run_dir / "bort_tiny_model" / "metrics.jsonl")]
     final = max(r["step"] for r in records)
     evals = {r["model"]: r for r in records if r["kind"] == "eval" and r["step"] == final}
-    train_ms = np.median([r["ms_per_step"] for r in records if r["kind"] == "train"])
-    return proc, evals, train_ms
+    return evals, np.median([r["ms_per_step"] for r in records if r["kind"] == "train"])
 
 
 @pytest.mark.slow
-def test_launcher_test_mode_from_the_cache_matches_live_distillation(tmp_path):
-    """TEST_TEACHER_CACHE=1 ./run_pretraining_distillation.sh N TEST TEST: the teacher is trained, cached at the
-    default k beside the TEST shards, and the student distilled from the cache reaches the held-out top-1 of a
-    student distilled live from the same teacher, within 0.02."""
-    procs = "2" if _have_horovod() else "1"
+def test_launcher_test_mode_from_the_cache_matches_live_distillation(launcher_test_run, test_teacher, tmp_path):
+    """TEST_TEACHER_CACHE=1 ./run_pretraining_distillation.sh N TEST TEST <teacher>: the teacher is cached at the
+    default k beside the TEST shards, and the student distilled from the cache reaches the held-out top-1 of the
+    student distilled live from the same teacher (conftest.launcher_test_run, same N), within 0.02."""
     cached_dir = tmp_path / "cached"
-    proc, cached, cached_ms = _launcher(cached_dir, procs, env_extra={"TEST_TEACHER_CACHE": "1"})
+    proc = run_launcher([launcher_procs(), "TEST", "TEST", str(test_teacher)], tmp_path, timeout=1200,
+                        BORT_TEST_DIR=str(cached_dir), TEST_TEACHER_CACHE="1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "distilling from the teacher cache beside" in proc.stdout + proc.stderr
     for split in ("train", "eval"):
         assert (cached_dir / split / "part-000.npz.topk").is_file()
-    teacher = cached_dir / "teacher" / "step_0000450.params"
-    _, live, live_ms = _launcher(tmp_path / "live", procs, str(teacher))
+    cached, cached_ms = _metrics_at_the_end(cached_dir)
+    live, live_ms = _metrics_at_the_end(launcher_test_run)
     print(f"held-out top-1: cached {cached['student']['mlm_acc']:.4f}, live {live['student']['mlm_acc']:.4f} "
           f"(teacher {live['teacher']['mlm_acc']:.4f}); agreement cached {cached['student']['teacher_agreement']:.4f}, "
           f"live {live['student']['teacher_agreement']:.4f}; ms/step cached {cached_ms:.0f}, live {live_ms:.0f}")
     # The live recipe works (test_fill_mask checks it in detail). Bars measured on the bundled text; on another
     # sample text (gluon-nlp's: top-1 0.34 against a frequency baseline of 0.05) the recipe learns less.
-    bar = 0.6 if _bundled_sample_text() else 0.15
+    bar = 0.6 if bundled_sample_text() else 0.15
     assert live["student"]["mlm_acc"] > bar
     # Fidelity: the cache may not cost more than 0.02 of held-out top-1 (a cached student that does better than the
     # live one, as measured once at 0.905 vs 0.871, is no loss), and it learns the teacher's top-1 alike.

@@ -15,12 +15,12 @@ from bort.text.byte_bpe import load_gluonnlp_bpe
 from bort.text.sentencepiece_model import train_sentencepiece
 from bort.errors import BortError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VOCAB = os.path.join(ROOT, "test_data", "vocab")
-SAMPLE = os.path.join(ROOT, "test_data", "sample_text.txt")
-HF_FILES = dict(vocab_json=os.path.join(VOCAB, "vocab.json"), merges=os.path.join(VOCAB, "merges.txt"))
-FAIRSEQ_FILES = dict(encoder_json=os.path.join(VOCAB, "encoder.json"), vocab_bpe=os.path.join(VOCAB, "vocab.bpe"))
-DICT_TXT = os.path.join(VOCAB, "dict.txt")
+from helpers import ROOT, SAMPLE_TEXT, VOCAB_DIR
+
+HF_FILES = dict(vocab_json=os.path.join(VOCAB_DIR, "vocab.json"), merges=os.path.join(VOCAB_DIR, "merges.txt"))
+FAIRSEQ_FILES = dict(encoder_json=os.path.join(VOCAB_DIR, "encoder.json"),
+                     vocab_bpe=os.path.join(VOCAB_DIR, "vocab.bpe"))
+DICT_TXT = os.path.join(VOCAB_DIR, "dict.txt")
 
 TRICKY = [
     "Hello world!",
@@ -74,7 +74,7 @@ def roberta():
 
 @pytest.fixture(scope="module")
 def sample_lines():
-    with open(SAMPLE, encoding="utf-8") as handle:
+    with open(SAMPLE_TEXT, encoding="utf-8") as handle:
         return handle.read().split("\n")
 
 
@@ -89,6 +89,7 @@ def _hf_bpe(vocab_json, merges):
 # --- sample text and shipped vocabulary -------------------------------------------------------------------------
 
 
+@pytest.mark.sample_text
 def test_sample_text_format(sample_lines):
     """One sentence per line, blank lines between documents, some non-ASCII: the bundled text or gluon-nlp's."""
     text = "\n".join(sample_lines)
@@ -99,7 +100,7 @@ def test_sample_text_format(sample_lines):
     assert any(any(ord(ch) > 127 for ch in line) for line in sentences)
     from bort.io import file_sha256  # noqa: PLC0415
     from bort.text.bpe_train import SOURCE_FILE  # noqa: PLC0415
-    if file_sha256(SAMPLE) == open(os.path.join(ROOT, "test_data", "vocab", SOURCE_FILE)).read().strip():
+    if file_sha256(SAMPLE_TEXT) == open(os.path.join(ROOT, "test_data", "vocab", SOURCE_FILE)).read().strip():
         assert len(documents) >= 4 and 80 <= len(sentences)  # the bundled text also has whitespace runs and tabs
         assert any("\t" in line or "  " in line for line in sentences)
 
@@ -123,6 +124,7 @@ def test_shipped_vocab_layout(roberta):
 # --- parity with independent implementations --------------------------------------------------------------------
 
 
+@pytest.mark.sample_text
 def test_ids_match_hf_tokenizers(roberta, sample_lines):
     hf = _hf_bpe(HF_FILES["vocab_json"], HF_FILES["merges"])
     full_text = "\n".join(sample_lines)
@@ -281,7 +283,7 @@ def test_word_starts(roberta):
 @pytest.fixture(scope="module")
 def sp_model(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("spm") / "sample"
-    return train_sentencepiece([SAMPLE], prefix, vocab_size=600)
+    return train_sentencepiece([SAMPLE_TEXT], prefix, vocab_size=600)
 
 
 def test_sentencepiece_train_load_round_trip(sp_model, sample_lines):
@@ -315,9 +317,9 @@ def test_sentencepiece_errors(tmp_path):
 
 
 def _copy_vocab(tmp_path):
-    for name in os.listdir(VOCAB):
-        (tmp_path / name).write_bytes(open(os.path.join(VOCAB, name), "rb").read())
-    return {name: str(tmp_path / name) for name in os.listdir(VOCAB)}
+    for name in os.listdir(VOCAB_DIR):
+        (tmp_path / name).write_bytes(open(os.path.join(VOCAB_DIR, name), "rb").read())
+    return {name: str(tmp_path / name) for name in os.listdir(VOCAB_DIR)}
 
 
 def _break_line(path, lineno, text):
@@ -425,15 +427,15 @@ def test_cli_errors_exit_2(tmp_path):
     text_file = tmp_path / "in.txt"
     text_file.write_bytes(b"fine line\nbad \xff byte\n")
     cases = [
-        (("--vocab_json", HF_FILES["vocab_json"], "--merges", bad_merges, SAMPLE),
+        (("--vocab_json", HF_FILES["vocab_json"], "--merges", bad_merges, SAMPLE_TEXT),
          f"{bad_merges}:7: expected two space-separated symbols"),
-        (("--vocab_json", tmp_path / "none.json", "--merges", HF_FILES["merges"], SAMPLE),
+        (("--vocab_json", tmp_path / "none.json", "--merges", HF_FILES["merges"], SAMPLE_TEXT),
          f"{tmp_path / 'none.json'}: file not found"),
         (("--vocab_json", HF_FILES["vocab_json"], "--merges", HF_FILES["merges"], text_file),
          f"{text_file}:2: expected UTF-8 text"),
         (("--vocab_json", HF_FILES["vocab_json"], "--merges", HF_FILES["merges"], tmp_path / "absent.txt"),
          "absent.txt: file not found"),
-        ((SAMPLE,), "no vocabulary given"),
+        ((SAMPLE_TEXT,), "no vocabulary given"),
     ]
     for args, expected in cases:
         result = _cli(*args)

@@ -8,12 +8,12 @@ import pytest
 from bort.text import tokenizer as tk
 from bort.errors import BortError
 
-VOCAB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_data", "vocab")
+from helpers import VOCAB_DIR
 
 
 def _copy(tmp_path, name):
     dest = tmp_path / name
-    dest.write_bytes(open(os.path.join(VOCAB, name), "rb").read())
+    dest.write_bytes(open(os.path.join(VOCAB_DIR, name), "rb").read())
     return dest
 
 

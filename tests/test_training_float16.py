@@ -14,15 +14,10 @@ import finetune_bort
 from bort.errors import BortError, run_cli
 from bort.pretrain.loop import parameters_digest, pretrain
 from bort.pretrain.state import complete_checkpoints
+from helpers import ROOT, VOCAB_FLAGS, tiny_config
 from pretrain_faults import checkpoint_parameters, inf_gradient_at, killed_after
-from test_pretraining import make_shards, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("shards"))
+# `shards` (conftest.py): two shards of the sample text, dupe factor 2, 32 tokens, seed 12345.
 
 
 def test_float16_without_the_opt_in_is_a_one_line_error(shards, tmp_path, monkeypatch, capsys):
@@ -34,8 +29,7 @@ def test_float16_without_the_opt_in_is_a_one_line_error(shards, tmp_path, monkey
         run_cli(finetune_bort.main)(["--task_name", "SST-2", "--data_dir", os.path.join(ROOT, "test_data/glue/SST-2"),
                                      "--output_dir", str(tmp_path / "out"), "--pretrained_parameters", "none",
                                      "--model_config", "bort_tiny", "--dtype", "float16",
-                                     "--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-                                     "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")])
+                                     *VOCAB_FLAGS])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "BORT_CPU_FLOAT16=1" in err[0]
     assert not (tmp_path / "out").exists()
@@ -77,19 +71,19 @@ def test_float16_pretraining_resume_is_bit_identical(shards, tmp_path, monkeypat
 
 
 def _finetune_sst2(out, dtype):
+    """conftest.sst2_finetuned's run, with --dtype DTYPE."""
     run_cli(finetune_bort.main)([
         "--task_name", "SST-2", "--data_dir", os.path.join(ROOT, "test_data/glue/SST-2"), "--output_dir", str(out),
         "--epochs", "3", "--ramp_up_epochs", "3", "--batch_size", "16", "--lr", "1e-3", "--seed", "2",
         "--pretrained_parameters", "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32",
-        "--dtype", dtype, "--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-        "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")])
+        "--dtype", dtype, *VOCAB_FLAGS])
     return json.load(open(os.path.join(out, "result.json")))
 
 
 @pytest.mark.slow
-def test_float16_finetuning_matches_float32_accuracy(tmp_path, monkeypatch):
+def test_float16_finetuning_matches_float32_accuracy(sst2_finetuned, tmp_path, monkeypatch):
     monkeypatch.setenv("BORT_CPU_FLOAT16", "1")
-    float32 = _finetune_sst2(tmp_path / "f32", "float32")
+    float32 = json.loads((sst2_finetuned / "result.json").read_text())
     float16 = _finetune_sst2(tmp_path / "f16", "float16")
     assert float32["score"] >= 0.9
     assert abs(float16["score"] - float32["score"]) <= 0.02, (float16["score"], float32["score"])

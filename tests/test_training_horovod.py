@@ -20,10 +20,10 @@ import pytest
 import bort  # noqa: F401
 import mxnet as mx
 
-from test_pretraining import _have_horovod, make_shards
+from helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not _have_horovod(), reason="horovod with MXNet is not installed")]
+SCRIPT = os.path.join(ROOT, "run_pretraining_distillation_hvd.py")
+pytestmark = [pytest.mark.slow, pytest.mark.horovod]
 
 
 def horovodrun(base, argv, env=None, timeout=420):
@@ -47,9 +47,7 @@ def _quote(text):
     return "'" + str(text).replace("'", "'\\''") + "'"
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("shards"))
+# `shards` (conftest.py): two shards of the sample text, dupe factor 2, 32 tokens, seed 12345.
 
 
 # The CLI with the faults of tests/pretrain_faults.py, patched in the same way: INF_GRAD_AT="STEP:RANK" puts an inf

@@ -1,31 +1,18 @@
 """run_pretraining_distillation.sh: the original's two-argument TEST call, TEST in float16 on CPU with flags that
 override TEST's own, and missing shards as one line without Horovod's traceback or a stray directory."""
 import os
-import shutil
-import subprocess
-import sys
 
 import bort  # noqa: F401
 import mxnet as mx
 import numpy as np
 import pytest
 
-from bort.text.bpe_train import made_from
 from bort.weights.checkpoint import load_model
 from bort.pretrain.mlm import topk_accuracy
 from data.collate import batchify
 from data.pretraining_format import load_shard
 from data.shard_files import list_shards
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LAUNCHER = os.path.join(ROOT, "run_pretraining_distillation.sh")
-STEPS, TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
-
-
-def _launch(args, cwd, **env):
-    run_env = dict(os.environ, PYTHON=sys.executable, **env)
-    return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
-                          timeout=1800)
+from helpers import TEST_STUDENT_STEPS, bundled_sample_text, launcher_procs, run_launcher
 
 
 def _batches(shards):
@@ -46,8 +33,7 @@ def _frequency_top1(run_dir):
 
 
 def test_missing_shards_one_line_no_traceback_no_stray_directory(tmp_path):
-    procs = "2" if shutil.which("horovodrun") else "1"
-    proc = _launch([procs, str(tmp_path / "nowhere"), str(tmp_path / "nowhere_eval")], tmp_path)
+    proc = run_launcher([launcher_procs(), str(tmp_path / "nowhere"), str(tmp_path / "nowhere_eval")], tmp_path)
     assert proc.returncode != 0
     err = [line for line in proc.stderr.splitlines() if line.strip()]
     assert err == [f"error: {tmp_path / 'nowhere'}: no such file or directory"], proc.stderr[-2000:]
@@ -56,28 +42,26 @@ def test_missing_shards_one_line_no_traceback_no_stray_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_argument_test_call_and_float16_test_fills_masks_like_float32(tmp_path):
-    f32 = tmp_path / "f32"
-    proc = _launch(["1", "TEST"], tmp_path, BORT_TEST_DIR=str(f32))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    student32 = f32 / "bort_tiny_model" / f"step_{STEPS:07d}.params"
-    teacher = f32 / "teacher" / f"step_{TEACHER_STEPS:07d}.params"
-    assert student32.is_file() and teacher.is_file()
+def test_two_argument_test_call_and_float16_test_fills_masks_like_float32(launcher_test_run, test_teacher, tmp_path):
+    """The shared run is the two-argument call (conftest.launcher_test_run); its student is the float32 arm."""
+    student32 = launcher_test_run / "bort_tiny_model" / f"step_{TEST_STUDENT_STEPS:07d}.params"
+    assert student32.is_file()
 
     # The same recipe and teacher, in float16 on CPU: flags after the positional arguments override TEST's.
     f16 = tmp_path / "f16"
-    proc = _launch(["1", "TEST", "TEST", str(teacher), "--dtype", "float16"], tmp_path, BORT_TEST_DIR=str(f16),
-                   BORT_CPU_FLOAT16="1")
+    proc = run_launcher([launcher_procs(), "TEST", "TEST", str(test_teacher), "--dtype", "float16"], tmp_path,
+                        BORT_TEST_DIR=str(f16), BORT_CPU_FLOAT16="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    student16 = f16 / "bort_tiny_model" / f"step_{STEPS:07d}.params"
+    assert "pretraining a tiny teacher" not in proc.stderr  # the given teacher was used
+    student16 = f16 / "bort_tiny_model" / f"step_{TEST_STUDENT_STEPS:07d}.params"
     assert all(v.dtype == np.float16 for v in mx.nd.load(str(student16)).values())
-    top1_32 = _held_out_top1(f32, student32)
+    top1_32 = _held_out_top1(launcher_test_run, student32)
     top1_16 = _held_out_top1(f16, student16)
-    baseline = _frequency_top1(f32)
+    baseline = _frequency_top1(launcher_test_run)
     print(f"held-out top-1: float32 {top1_32:.3f}, float16 {top1_16:.3f}, frequency baseline {baseline:.3f}")
-    if made_from(os.path.join(ROOT, "test_data/vocab"), os.path.join(ROOT, "test_data/sample_text.txt")):
+    if bundled_sample_text():
         assert top1_32 >= 0.6  # the bundled text: measured 0.82-0.87
     else:  # another text, e.g. gluon-nlp's literary sample: measured 0.35 against 0.05
         assert top1_32 > baseline + 0.15
     assert top1_16 >= top1_32 - 0.05
-    assert sorted(os.listdir(tmp_path)) == ["f16", "f32"]
+    assert os.listdir(tmp_path) == ["f16"]

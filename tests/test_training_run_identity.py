@@ -13,15 +13,11 @@ import bort.pretrain.state as S
 from bort.errors import BortError
 from bort.pretrain.loop import pretrain
 from bort.pretrain.state import complete_checkpoints
+from helpers import tiny_config
 from pretrain_faults import killed_after
-from test_pretraining import make_shards, tiny_config
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("shards"))
+# `shards` (conftest.py): two shards of the sample text, dupe factor 2, 32 tokens, seed 12345.
 
 
 def _config(shards, ckpt, **changes):

@@ -5,9 +5,7 @@ import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-import bort  # noqa: E402,F401
+import bort  # noqa: F401
 import mxnet as mx
 
 import create_pretraining_data
@@ -19,9 +17,8 @@ from bort.finetune.checkpoints import build_task_model, save_task_checkpoint
 from bort.model import get_config
 from bort.finetune.tasks import get_task
 from bort.validation import validate_training_state
+from helpers import ROOT, VOCAB_FLAGS
 
-VOCAB = ["--vocab_json", os.path.join(ROOT, "test_data/vocab/vocab.json"),
-         "--merges", os.path.join(ROOT, "test_data/vocab/merges.txt")]
 GPT2_VOCAB = ["--encoder_json", os.path.join(ROOT, "test_data/vocab/encoder.json"),
               "--vocab_bpe", os.path.join(ROOT, "test_data/vocab/vocab.bpe")]  # 1000 tokens, not 1005
 SST2 = os.path.join(ROOT, "test_data/glue/SST-2")
@@ -50,7 +47,7 @@ def sst2_checkpoint(tmp_path_factory):
 
 def test_finetune_max_len_above_the_models_positions(tmp_path, capsys):
     err = _one_line_exit_2(finetune_bort.main, ["--task_name", "SST-2", "--data_dir", SST2, "--output_dir",
-                                                str(tmp_path / "out"), "--max_len", "200"] + TINY + VOCAB, capsys)
+                                                str(tmp_path / "out"), "--max_len", "200"] + TINY + VOCAB_FLAGS, capsys)
     assert "--max_len 200: longer than the 128 positions of the model (--model_config bort_tiny)" in err
     assert not (tmp_path / "out").exists()
 
@@ -63,7 +60,7 @@ def test_finetune_inference_with_another_vocabulary(sst2_checkpoint, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
-def _predict(settings, tokenizer_files=VOCAB):
+def _predict(settings, tokenizer_files=VOCAB_FLAGS):
     """scripts/predict.py's library call (bort.inference.task_prediction) as a CLI main: argv is ignored."""
     from bort.inference.task_prediction import PredictConfig, predict_segment
     from bort.text.tokenizer import load_tokenizer
@@ -94,7 +91,7 @@ def test_predict_with_another_vocabulary(sst2_checkpoint, tmp_path, capsys):
 # ---- pretraining shards against the student ---------------------------------------------------------------------
 def _shards(out_dir, max_seq_length):
     create_pretraining_data.main(["--input_file", os.path.join(ROOT, "test_data/sample_text.txt"), "--output_dir",
-                                  str(out_dir), *VOCAB, "--max_seq_length", str(max_seq_length),
+                                  str(out_dir), *VOCAB_FLAGS, "--max_seq_length", str(max_seq_length),
                                   "--num_workers", "1", "--no_progress"])
     return str(out_dir)
 

@@ -1,0 +1,70 @@
+"""Paths and plain helpers the test files share; the shared fixtures built from them are in conftest.py.
+
+Imported the ordinary way (`from helpers import ROOT`): pytest puts tests/ on sys.path for the test files.
+"""
+import dataclasses
+import functools
+import os
+import shutil
+import subprocess
+import sys
+
+import bort  # noqa: F401  (before mxnet, which the modules below import)
+import create_pretraining_data
+from bort.pretrain.loop import PretrainConfig
+from bort.text.bpe_train import made_from
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_DATA = os.path.join(ROOT, "test_data")
+SAMPLE_TEXT = os.path.join(TEST_DATA, "sample_text.txt")
+VOCAB_DIR = os.path.join(TEST_DATA, "vocab")
+VOCAB_JSON = os.path.join(VOCAB_DIR, "vocab.json")
+MERGES = os.path.join(VOCAB_DIR, "merges.txt")
+VOCAB_FLAGS = ["--vocab_json", VOCAB_JSON, "--merges", MERGES]  # the test vocabulary (1005 tokens)
+# Real released files (GLUE prefixes, gluon-nlp's sample text) beside the checkout: ../shared/real_data.
+REAL_DATA = os.path.join(os.path.dirname(ROOT), "shared", "real_data")
+LAUNCHER = os.path.join(ROOT, "run_pretraining_distillation.sh")
+TEST_STUDENT_STEPS, TEST_TEACHER_STEPS = 400, 450  # the launcher's TEST defaults
+
+
+@functools.lru_cache(maxsize=None)
+def have_horovod():
+    """horovodrun on PATH and Horovod built with MXNet (asked once per session: the import takes seconds)."""
+    return shutil.which("horovodrun") is not None and subprocess.run(
+        [sys.executable, "-c", "import horovod.mxnet"], capture_output=True).returncode == 0
+
+
+def launcher_procs():
+    """The launcher's <num gpus> in the tests: 2 processes under Horovod when it is installed, else 1."""
+    return "2" if have_horovod() else "1"
+
+
+def bundled_sample_text():
+    """True when test_data/sample_text.txt is the text the bundled vocabulary was made from (not, e.g., the
+    gluon-nlp sample text that scripts/test_sample_text.sh puts in its place)."""
+    return made_from(VOCAB_DIR, SAMPLE_TEXT)
+
+
+def make_shards(out_dir, num_outputs=2, dupe_factor=2, seed=12345, max_seq_length=32):
+    """Pretraining shards of the sample text with the test vocabulary; returns out_dir as a string."""
+    create_pretraining_data.main(["--input_file", SAMPLE_TEXT, "--output_dir", str(out_dir), *VOCAB_FLAGS,
+                                  "--dupe_factor", str(dupe_factor), "--num_outputs", str(num_outputs),
+                                  "--max_seq_length", str(max_seq_length), "--random_seed", str(seed),
+                                  "--num_workers", "1", "--no_progress"])
+    return str(out_dir)
+
+
+def tiny_config(shards, ckpt_dir, **changes):
+    """A PretrainConfig of a few CPU steps: bort_tiny distilled from a random roberta_tiny teacher."""
+    base = PretrainConfig(data=shards, model="bort_tiny", teacher_model="roberta_tiny", random_teacher=True,
+                          num_steps=8, batch_size=8,
+                          num_buckets=3, dtype="float32", ckpt_dir=str(ckpt_dir), ckpt_interval=4, log_interval=2,
+                          lr=1e-3, warmup_ratio=0.25, progress=False, cpu_only=True)
+    return dataclasses.replace(base, **changes)
+
+
+def run_launcher(args, cwd, timeout=1800, **env):
+    """bash run_pretraining_distillation.sh ARGS in cwd with the test's Python; returns the CompletedProcess."""
+    run_env = dict(os.environ, PYTHON=sys.executable, **env)
+    return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
+                          timeout=timeout)
