@@ -22,7 +22,6 @@ import mxnet as mx
 
 from helpers import ROOT
 
-SCRIPT = os.path.join(ROOT, "run_pretraining_distillation_hvd.py")
 pytestmark = [pytest.mark.slow, pytest.mark.horovod]
 
 
