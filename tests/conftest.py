@@ -9,7 +9,7 @@ import pytest
 
 import finetune_bort
 from bort.errors import run_cli
-from data.pretraining import load_shard
+from data.pretraining_format import load_shard
 from helpers import (REAL_DATA, ROOT, TEST_TEACHER_STEPS, VOCAB_FLAGS, have_horovod, launcher_procs, make_shards,
                      run_launcher)
 

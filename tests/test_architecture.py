@@ -88,6 +88,35 @@ def test_no_private_name_is_imported_across_modules():
     assert offenders == []
 
 
+def _defined_names(path):
+    """Names a module defines at its top level (functions, classes, assignments), not the ones it imports."""
+    names = set()
+    for node in ast.parse(open(path, encoding="utf-8").read()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return names
+
+
+def test_names_are_imported_from_the_module_that_defines_them():
+    """No re-export facades: `from bort.x import name` only where bort/x.py defines `name`."""
+    modules = _modules()
+    defined = {name: _defined_names(path) for name, path in modules.items()}
+    users = dict(modules)
+    for folder in ("scripts", "benchmarks", "experiments", "tests"):
+        for path in _tracked_python_files():
+            if os.path.relpath(path, ROOT).startswith(folder + os.sep):
+                users[os.path.relpath(path, ROOT)] = path
+    for name in ("finetune_bort.py", "run_pretraining_distillation_hvd.py", "create_pretraining_data.py"):
+        users[name] = os.path.join(ROOT, name)
+    offenders = [f"{user}: {imported}.{what}" for user, path in users.items()
+                 for imported, what in _imports(path, modules)
+                 if imported in modules and what and what not in defined[imported]]
+    assert offenders == []
+
+
 def _tracked_python_files():
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "build")]
