@@ -4,7 +4,7 @@
     python finetune_bort.py --task_name MRPC --pretrained_parameters model/bort.params --gpu 0
     python finetune_bort.py --task_name MRPC --only_inference --model_parameters output_dir/model_bort_MRPC.params
 
-Flags and defaults are the original's; see the README ('Fine-tuning'), docs/differences-finetuning.md and
+Flags and defaults are the original's; see docs/finetuning.md, docs/differences-finetuning.md and
 bort/finetune/config.py. Every flag of the original's finetune_bort.py parses; its data-location flags
 (--multirc_test_location, --record_test_location, --record_dev_location, --race_dataset_location) are mapped onto
 --data_dir. The flags become a `FinetuneConfig` (bort.finetune.config); `bort.finetune.loop.run` does the rest.

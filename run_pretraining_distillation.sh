@@ -65,7 +65,7 @@ CACHE_ARGS=()
 
 if [ "$TRAIN_DATA" = "TEST" ]; then
     # The point of TEST mode is a model that has memorized the ~105 sample sentences and fills their masks, in
-    # about a minute on 2 CPU cores. What that takes, against the original's recipe (measured, see README):
+    # about a minute on 2 CPU cores. What that takes, against the original's recipe (measured: docs/results/distillation.md):
     # - 45 % of the training tokens masked (the original: 15 %): 3x the MLM signal per step; held-out maskings
     #   stay at 15 %.
     # - Adam with bias correction and no weight decay for teacher and student. BERTAdam has no bias correction,
@@ -76,7 +76,7 @@ if [ "$TRAIN_DATA" = "TEST" ]; then
     #   student stays near the frequency baseline in 300 steps. The student keeps Bort's shape (FFN = 3/4 units).
     # - KD at temperature 1 with MLM weight 0.5: T=2 / 0.1 transfers the teacher's top-1 more slowly.
     # - The teacher warms up over 30 % of its steps: with 10 %, some data orders (e.g. gluon-nlp's sample text in
-    #   2 shards) left it predicting token frequencies (docs/measurements.md).
+    #   2 shards) left it predicting token frequencies (docs/results/distillation.md).
     RUN_DIR=${BORT_TEST_DIR:-pretraining_distillation_test}
     rm -rf "$RUN_DIR"
     mkdir -p "$RUN_DIR"

@@ -5,7 +5,7 @@
         --distillation_temperature 2.0 --mlm_weight 0.1 --batch_size 1024 --use_avg_len --num_buckets 20
 
 Without horovodrun the same command runs as one process. Flags and defaults follow the original script
-(alexa/bort); see README, "Pretraining by distillation". The work is done by bort.pretrain.loop.
+(alexa/bort); see docs/distillation.md. The work is done by bort.pretrain.loop.
 """
 import argparse
 import dataclasses

@@ -7,7 +7,7 @@ Bort-shaped model from scratch with the repository's fine-tuner (`bort.finetune.
 adds entropy calibration (needs scipy). Reports per mode: dev accuracy, its change against fp32 in points, agreement
 of the predicted labels with fp32's, and the largest change of a task logit.
 
-    python -m benchmarks.inference_accuracy --output docs/benchmarks/inference_accuracy_real.json
+    python -m benchmarks.inference_accuracy --output docs/results/json/inference_accuracy_real.json
 
 No pretrained Bort weights are available offline, so the encoders start from random weights: accuracies are those of
 small models trained on 2,000 examples, well below published GLUE numbers. What this measures is the change each

@@ -4,7 +4,7 @@
         --segment test --output_dir preds/
 
 INT8 is the fastest mode and the default: on the real SST-2 dev set (872 sentences) it changed dev accuracy by
-+0.11 points against fp32 and agreed with fp32 on 99.7 % of the predictions (docs/inference.md,
++0.11 points against fp32 and agreed with fp32 on 99.7 % of the predictions (docs/results/inference.md,
 benchmarks/inference_accuracy.py). `--mode fp32` gives float32 exactly. Every mode uses Bort's fused
 layer-norm and masked-softmax operators (bort.inference.native_ops, compiled once on first use) when a C++ compiler is there;
 BORT_NATIVE_OPS=0 turns them off.

@@ -23,7 +23,7 @@ def agora(out, grid, *extra):
                           capture_output=True, text=True, timeout=400)
 
 
-def test_default_grid_is_the_readme_grid():
+def test_default_grid_is_the_papers_grid():
     grid = read_grid("scripts/agora_grids/default.json")
     assert grid == {"seed": [0, 1, 2, 3, 4], "lr": [1e-4, 1e-5, 9e-6], "weight_decay": [0, 10, 100, 350],
                     "warmup_ratio": [0.35, 0.40, 0.45, 0.50], "batch_size": [8, 16]}

@@ -355,7 +355,7 @@ def test_ort_peer_matches_the_pytorch_model():
 
 @pytest.mark.slow
 def test_accuracy_script_fine_tunes_and_scores_every_mode(tmp_path):
-    """On the bundled SST-2 fixture: fine-tune, predict dev in each mode, write the JSON the README quotes."""
+    """On the bundled SST-2 fixture: fine-tune, predict dev in each mode, write the JSON docs/results/inference.md quotes."""
     import json
 
     import benchmarks.inference_accuracy as acc

@@ -14,7 +14,7 @@ from bort.io import read_json, write_json
 from bort.model import get_config
 from bort.weights.checkpoint import load_parameters, read_config, save_parameters
 
-PRETRAINED_HELP = ("download bort.params as described in the README ('Pretrained model') and put it at "
+PRETRAINED_HELP = ("download bort.params as described in the README ('Weights, vocabularies and the teacher') and put it at "
                    "model/bort.params, or pass --pretrained_parameters PATH (or 'none' for a random initialization)")
 
 

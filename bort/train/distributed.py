@@ -25,7 +25,7 @@ class Distributed:
                 import horovod.mxnet as hvd
             except ImportError:
                 raise BortError("horovod is not installed; run without horovodrun or install it "
-                                "(see README, 'Distributed training')") from None
+                                "(scripts/setup_env.sh builds it; by hand: CONTRIBUTING.md, 'Installing by hand')") from None
             hvd.init()
             self.hvd = hvd
         self.rank = self.hvd.rank() if self.hvd else 0
