@@ -137,3 +137,46 @@ def test_masked_lm_helpers_feed_a_float16_model(monkeypatch):
     accuracy = topk_accuracy(model, [batch], mx.cpu(), k=50)
     assert accuracy == 1.0
     assert trainable_parameters(model)
+
+
+def test_cpu_float16_operators_compute_in_float32_and_return_float16():
+    """BORT_CPU_FLOAT16's wrapped operators: float16 in and out, the float32 result rounded once (what a GPU's
+    float32-accumulating kernels give); integer softmax lengths pass through, also inside a hybridized block."""
+    enable_cpu_float16()
+    rng = np.random.RandomState(0)
+    x32 = mx.nd.array(rng.randn(2, 3, 8))
+    x16 = x32.astype("float16")
+    gamma, beta = mx.nd.ones(8), mx.nd.zeros(8)
+    length = mx.nd.array([5, 8], dtype="int32")
+    cases = {
+        "LayerNorm": (lambda x, g, b: mx.nd.LayerNorm(x, g, b), (gamma, beta)),
+        "gelu": (lambda x: mx.nd.LeakyReLU(x, act_type="gelu"), ()),
+        "softmax with length": (lambda x: mx.nd.softmax(x.reshape((6, 8)), mx.nd.repeat(length, 3), axis=-1,
+                                                         use_length=True), ()),
+        "log_softmax": (lambda x: mx.nd.log_softmax(x, axis=-1), ()),
+    }
+    for name, (op, params) in cases.items():
+        out16 = op(x16, *[p.astype("float16") for p in params])
+        ref = op(x32.astype("float16").astype("float32"), *params).astype("float16")
+        assert out16.dtype == np.float16, name
+        np.testing.assert_array_equal(out16.asnumpy(), ref.asnumpy(), err_msg=name)
+
+    class Block(mx.gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.norm = mx.gluon.nn.LayerNorm(in_channels=8)
+
+        def hybrid_forward(self, F, x, lengths):
+            return F.softmax(self.norm(x), lengths, axis=-1, use_length=True)
+
+    block = Block()
+    block.initialize()
+    block.cast("float16")
+    block.hybridize()
+    out = block(x16.reshape((6, 8)), mx.nd.repeat(length, 3))
+    assert out.dtype == np.float16
+    probs = out.asnumpy().astype(np.float32)
+    np.testing.assert_allclose(probs[:3, :5].sum(-1), 1.0, atol=1e-2)  # length 5
+    np.testing.assert_allclose(probs[3:].sum(-1), 1.0, atol=1e-2)  # length 8
+    assert (probs[:3, 5:] == 0).all()

@@ -3,9 +3,9 @@ loss scaling, and the gradient step (all-reduce, overflow check, global-norm cli
 
 GPU runs use float16 weights and activations, a float32 master copy of the weights inside the optimizer
 (`multi_precision=True`), and a dynamic loss scale. `BORT_CPU_FLOAT16=1` runs the same code on CPU, for testing:
-MXNet 1.9's CPU build has no float16 kernels for FullyConnected and the fused attention matmuls, so in that mode
-these few operators compute in float32 and return float16 (as cuBLAS does by default: float16 in and out,
-float32 accumulation). Everything else - the loss scaler, the optimizer, clipping, checkpoints, resume - is the
+MXNet 1.9's CPU build has no float16 kernels for FullyConnected and the fused attention matmuls, and only slow
+scalar ones for layer norm, GELU and softmax, so in that mode these few operators compute in float32 and return
+float16 (as cuBLAS and MXNet's GPU kernels do: float16 in and out, float32 accumulation). Everything else - the loss scaler, the optimizer, clipping, checkpoints, resume - is the
 GPU run's code.
 """
 import logging
@@ -22,8 +22,13 @@ from bort.errors import BortError
 log = logging.getLogger(__name__)
 
 CPU_FLOAT16_ENV = "BORT_CPU_FLOAT16"
+# Without CPU float16 kernels: the matrix products. With scalar CPU float16 kernels that dominated a CPU float16 step
+# (6x a float32 step; layer norm, GELU and softmax were 80 % of it): the normalizations and the activation, which
+# MXNet's GPU kernels also compute with float32 accumulation from float16 in and out.
 _FLOAT32_OPS = ("FullyConnected", "contrib.interleaved_matmul_selfatt_qk", "contrib.interleaved_matmul_selfatt_valatt",
-                "contrib.interleaved_matmul_encdec_qk", "contrib.interleaved_matmul_encdec_valatt")
+                "contrib.interleaved_matmul_encdec_qk", "contrib.interleaved_matmul_encdec_valatt",
+                "LayerNorm", "LeakyReLU", "softmax", "log_softmax")
+_INTEGER_INPUTS = {"softmax": ("length",), "log_softmax": ("length",)}  # inputs that keep their dtype
 
 
 def cpu_float16_allowed():
@@ -61,7 +66,7 @@ def enable_cpu_float16():
             for parent in parents:
                 owner = getattr(owner, parent)
             original = getattr(owner, name)
-            setattr(owner, name, _computed_in_float32(F, original))
+            setattr(owner, name, _computed_in_float32(F, original, _INTEGER_INPUTS.get(name, ())))
             _patched.append((owner, name, original))
     block = mx.gluon.HybridBlock
     _patched.append((block, "_get_graph", block._get_graph))
@@ -91,15 +96,19 @@ def _is_float16(value):
     return bool(getattr(_graph_float16, "value", False))
 
 
-def _computed_in_float32(F, op):
+def _computed_in_float32(F, op, keep=()):
+    """`op` on float32 copies of its float16 inputs, its output cast back to float16; the inputs named in `keep`
+    (integer lengths, also when passed positionally after the data) pass through unchanged."""
     tensor = (mx.nd.NDArray, mx.sym.Symbol)
 
     def wrapped(*args, **kwargs):
         inputs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, tensor)]
         if not any(_is_float16(a) for a in inputs):
             return op(*args, **kwargs)
-        args = [F.cast(a, dtype="float32") if isinstance(a, tensor) else a for a in args]
-        kwargs = {k: F.cast(v, dtype="float32") if isinstance(v, tensor) else v for k, v in kwargs.items()}
+        args = [F.cast(a, dtype="float32") if isinstance(a, tensor) and (i == 0 or not keep) else a
+                for i, a in enumerate(args)]
+        kwargs = {k: F.cast(v, dtype="float32") if isinstance(v, tensor) and k not in keep else v
+                  for k, v in kwargs.items()}
         return F.cast(op(*args, **kwargs), dtype="float16")
 
     wrapped.__name__ = getattr(op, "__name__", "op")
