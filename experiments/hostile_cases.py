@@ -80,15 +80,16 @@ def _write_json(path, obj):
 
 
 def _hf_dir(path):
+    """A random bort_tiny with its MLM head as an HF RoBERTa directory (as tests/test_convert_hostile.py's)."""
     import mxnet as mx
 
-    from bort.weights import convert
-    from bort.model import build_model, get_config
+    from bort.model import build_model
+    from bort.weights.checkpoint import finish_deferred_init
+    from bort.weights.convert import gluon_to_hf
 
     mx.random.seed(0)
-    model = build_model("bort_tiny", use_decoder=True)
-    model(mx.nd.zeros((1, 2)), mx.nd.array([2]), mx.nd.zeros((1, 1)))
-    convert.gluon_to_hf(model, get_config("bort_tiny"), path, arch="roberta")
+    model = finish_deferred_init(build_model("bort_tiny"))
+    gluon_to_hf(model, model.config, path, arch="roberta")
     return path
 
 

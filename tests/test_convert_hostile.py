@@ -14,19 +14,17 @@ import mxnet as mx
 from bort.weights import convert, hf_files
 from bort.errors import BortError
 from bort.model import build_model, get_config
-
-
-def _tiny_hf_dir(path):
-    mx.random.seed(0)
-    model = build_model("bort_tiny", use_decoder=True)
-    model(mx.nd.zeros((1, 2)), mx.nd.array([2]), mx.nd.zeros((1, 1)))
-    convert.gluon_to_hf(model, get_config("bort_tiny"), path, arch="roberta")
-    return path
+from bort.weights.checkpoint import finish_deferred_init
 
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    return _tiny_hf_dir(tmp_path_factory.mktemp("hf"))
+    """A random bort_tiny with its MLM head as an HF RoBERTa directory."""
+    path = tmp_path_factory.mktemp("hf")
+    mx.random.seed(0)
+    model = finish_deferred_init(build_model("bort_tiny"))
+    convert.gluon_to_hf(model, model.config, path, arch="roberta")
+    return path
 
 
 def _copy(hf_dir, dest, config=None):
