@@ -82,7 +82,7 @@ if [ "$TRAIN_DATA" = "TEST" ]; then
     mkdir -p "$RUN_DIR"
     # The sample text's vocabulary (the bundled one when it was made from this text, else one trained on it), and a
     # sequence length that holds most of its lines whole (32 for the bundled text).
-    SEQ_LEN=$(PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bort.text.bpe_train --print_seq_length \
+    SEQ_LEN=$("$PYTHON" -m bort.text.bpe_train --print_seq_length \
         --input "$HERE/test_data/sample_text.txt" --output_dir "$RUN_DIR/vocab" --bundled "$HERE/test_data/vocab")
     VOCAB=(--vocab_json "$RUN_DIR/vocab/vocab.json" --merges "$RUN_DIR/vocab/merges.txt")
     # Training shards (one per process) and held-out maskings of the same text for evaluation.
@@ -96,10 +96,9 @@ if [ "$TRAIN_DATA" = "TEST" ]; then
     TEST_DATA="$RUN_DIR/eval"
     # bort_tiny and roberta_tiny, twice as wide (they learn the sample text much faster).
     write_config() {
-        "$PYTHON" -c "import sys; sys.path.insert(0, sys.argv[1]); from bort.model import get_config; \
-from bort.io import write_json; \
-write_json(sys.argv[3], get_config(sys.argv[2], units=128, embed_size=128, hidden_size=int(sys.argv[4]), \
-dropout=0.0).to_dict())" "$HERE" "$@"
+        "$PYTHON" -c "import sys; from bort.model import get_config; from bort.io import write_json; \
+write_json(sys.argv[2], get_config(sys.argv[1], units=128, embed_size=128, hidden_size=int(sys.argv[3]), \
+dropout=0.0).to_dict())" "$@"
     }
     write_config bort_tiny "$RUN_DIR/student_config.json" 96
     MODEL="$RUN_DIR/student_config.json"

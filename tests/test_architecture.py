@@ -117,18 +117,19 @@ def test_names_are_imported_from_the_module_that_defines_them():
     assert offenders == []
 
 
-def _tracked_python_files():
+def _tracked_python_files(suffixes=(".py",)):
     for folder, dirs, files in os.walk(ROOT):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "build")]
         for name in files:
-            if name.endswith(".py"):
+            if name.endswith(suffixes):
                 yield os.path.join(folder, name)
 
 
 def test_nothing_patches_the_import_path():
+    """The checkout is installed (pyproject.toml): no Python file or launcher sets sys.path or PYTHONPATH."""
     pattern = re.compile(r"sys\.path\.(insert|append)|sys\.path\s*=|PYTHONPATH")
     this = os.path.abspath(__file__)
-    offenders = [os.path.relpath(p, ROOT) for p in _tracked_python_files()
+    offenders = [os.path.relpath(p, ROOT) for p in _tracked_python_files((".py", ".sh"))
                  if p != this and pattern.search(open(p, encoding="utf-8").read())]
     assert offenders == []
 
