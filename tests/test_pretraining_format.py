@@ -1,0 +1,147 @@
+"""The pretraining shard format and its reader (data/pretraining_format.py), shard paths (data/shard_files.py)
+and batch collation (data/collate.py): round trips, ragged rows, legacy shards, corrupt files."""
+import numpy as np
+import pytest
+
+from bort.errors import BortError
+from data.collate import batchify
+from data.pretraining_format import Instance, InstanceBatch, load_shard, write_shard
+from data.shard_files import list_shards
+
+
+def random_instances(rng, n, vocab_size=50):
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(3, 20))
+        k = int(rng.integers(0, length))
+        out.append(Instance(rng.integers(0, vocab_size, length).astype(np.int32),
+                            (np.arange(length) >= length // 2).astype(np.int32),
+                            np.sort(rng.choice(length, k, replace=False)).astype(np.int32),
+                            rng.integers(0, vocab_size, k).astype(np.int32), int(rng.integers(0, 2))))
+    return out
+
+
+META = {"vocab_size": 50, "pad_id": 1, "mask_id": 49, "bos_id": 0, "eos_id": 2, "max_seq_length": 20}
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_reader_round_trip_and_batchify(tmp_path):
+    rng = np.random.default_rng(0)
+    instances = random_instances(rng, 37)
+    path = tmp_path / "part-000.npz"
+    write_shard(path, InstanceBatch.from_instances(instances), META)
+    shard = load_shard(path)
+    assert len(shard) == 37 and not shard.legacy
+    assert shard.metadata["pad_id"] == 1 and shard.metadata["format_version"] == 1
+    for i, inst in enumerate(instances):
+        assert_same(shard[i], inst)
+        assert shard[i].input_ids.dtype == np.int32
+    assert_same(shard[-1], instances[-1])
+    with pytest.raises(IndexError):
+        shard[37]
+    assert list(shard.lengths) == [len(i.input_ids) for i in instances]
+    # the same content, written twice, gives the same bytes
+    write_shard(tmp_path / "again.npz", InstanceBatch.from_instances(instances), META)
+    assert (tmp_path / "again.npz").read_bytes() == path.read_bytes()
+    batch = batchify([shard[i] for i in (0, 5, 9)], pad_id=1)
+    lengths = [len(shard[i].input_ids) for i in (0, 5, 9)]
+    counts = [len(shard[i].masked_positions) for i in (0, 5, 9)]
+    assert batch["input_ids"].shape == (3, max(lengths)) and batch["input_ids"].dtype == np.int32
+    assert batch["valid_length"].tolist() == lengths
+    assert batch["masked_positions"].shape == batch["masked_weights"].shape == (3, max(1, max(counts)))
+    for row, i in enumerate((0, 5, 9)):
+        n, k = lengths[row], counts[row]
+        assert np.array_equal(batch["input_ids"][row, :n], shard[i].input_ids)
+        assert np.all(batch["input_ids"][row, n:] == 1)
+        assert np.array_equal(batch["masked_ids"][row, :k], shard[i].masked_ids)
+        assert batch["masked_weights"][row].tolist() == [1.0] * k + [0.0] * (batch["masked_weights"].shape[1] - k)
+        assert batch["next_sentence_label"][row] == shard[i].next_sentence_label
+
+
+def test_take_deals_ragged_rows(tmp_path):
+    instances = random_instances(np.random.default_rng(1), 10)
+    batch = InstanceBatch.from_instances(instances).take([7, 2, 2, 9])
+    for got, want in zip((batch.instance(i) for i in range(4)), [instances[j] for j in (7, 2, 2, 9)]):
+        assert_same(got, want)
+
+
+def write_legacy(path, instances):
+    """The gluon-nlp/Bort layout: numpy object arrays of per-instance arrays (needs pickle to read)."""
+    def obj(rows, dtype):
+        out = np.empty(len(rows), dtype=object)
+        for i, row in enumerate(rows):
+            out[i] = np.asarray(row, dtype=dtype)
+        return out
+
+    np.savez_compressed(
+        path, input_ids=obj([i.input_ids for i in instances], "int32"),
+        segment_ids=obj([i.segment_ids for i in instances], "int32"),
+        masked_lm_positions=obj([i.masked_positions for i in instances], "int32"),
+        masked_lm_ids=obj([i.masked_ids for i in instances], "int32"),
+        masked_lm_weights=obj([np.ones(len(i.masked_ids)) for i in instances], "float32"),
+        next_sentence_labels=np.array([i.next_sentence_label for i in instances], dtype="int32"),
+        valid_lengths=np.array([len(i.input_ids) for i in instances], dtype="int32"))
+
+
+def test_legacy_shards_need_the_opt_in(tmp_path):
+    instances = random_instances(np.random.default_rng(2), 12)
+    path = tmp_path / "legacy.npz"
+    write_legacy(path, instances)
+    with pytest.raises(BortError, match=r"legacy.npz: legacy .*--allow_legacy_pickle") as err:
+        load_shard(path)
+    assert "\n" not in str(err.value)
+    shard = load_shard(path, allow_legacy_pickle=True)
+    assert shard.legacy and len(shard) == 12
+    for i, inst in enumerate(instances):
+        assert_same(shard[i], inst)
+
+
+def test_corrupt_shards_give_one_line_errors(tmp_path):
+    good = tmp_path / "good.npz"
+    write_shard(good, InstanceBatch.from_instances(random_instances(np.random.default_rng(3), 20)), META)
+    data = good.read_bytes()
+    cases = {"truncated.npz": data[: len(data) // 2], "garbage.npz": b"not a shard at all" * 10,
+             "empty.npz": b""}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with np.load(good) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["input_offsets"] = arrays["input_offsets"][::-1].copy()
+    np.savez(tmp_path / "offsets.npz", **arrays)
+    with np.load(good) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["masked_lm_positions"] = arrays["masked_lm_positions"] + 100
+    np.savez(tmp_path / "positions.npz", **arrays)
+    for name in list(cases) + ["other.npz", "offsets.npz", "positions.npz", "missing.npz"]:
+        with pytest.raises(BortError) as err:
+            load_shard(tmp_path / name)
+        message = str(err.value)
+        assert name in message and "\n" not in message, message
+
+
+def test_list_shards_expands_dirs_globs_and_lists(tmp_path):
+    for i in range(3):
+        (tmp_path / f"part-00{i}.npz").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.npz").write_bytes(b"x")
+    expected = [str(tmp_path / f"part-00{i}.npz") for i in range(3)]
+    assert list_shards(str(tmp_path)) == expected
+    assert list_shards(str(tmp_path / "part-*.npz")) == expected
+    assert list_shards(f"{tmp_path}/part-002.npz, {other}") == [expected[2], str(other / "a.npz")]
+    assert list_shards(f"{tmp_path}/part-00*.npz,{tmp_path}/part-001.npz") == expected  # no duplicates
+    for spec, pattern in ((str(tmp_path / "nothing-*.npz"), "no shard files match"),
+                          (str(tmp_path / "absent.npz"), "no such file"), (str(tmp_path / "other" / "x"), "no such"),
+                          ("", "no shard files given")):
+        with pytest.raises(BortError, match=pattern):
+            list_shards(spec)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BortError, match="holds no shard files"):
+        list_shards(str(empty))
