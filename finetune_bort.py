@@ -18,9 +18,11 @@ import bort  # noqa: F401  (before mxnet)
 from bort.errors import BortError, run_cli
 from bort.finetune.config import FinetuneConfig
 from bort.finetune.tasks import get_task, task_names
+from bort.text.gluonnlp_files import GLUONNLP_DATASET
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 
 D = FinetuneConfig()
+LOG_FORMAT = "%(levelname)s:%(name)s:%(asctime)s %(message)s"
 
 
 def get_parser():
@@ -87,7 +89,7 @@ def get_parser():
         original.add_argument(f"--{flag}", default=None,
                               help=f"{what}; mapped onto --data_dir (the file's directory; it must agree with "
                                    f"--data_dir when both are given); ignored for other tasks")
-    add_tokenizer_args(p, dataset_name="openwebtext_ccnews_stories_books_cased")
+    add_tokenizer_args(p, dataset_name=GLUONNLP_DATASET)
     p.add_argument("--dataset", dest="dataset_name", default=argparse.SUPPRESS,
                    help="the original's name for --dataset_name")
     return p
@@ -143,8 +145,7 @@ def finetune_config(args):
 
 def main(argv=None):
     args = apply_location_flags(get_parser().parse_args(argv))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:%(name)s:%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
     from bort.finetune.checkpoints import check_model_files
     from bort.finetune.loop import run
     from bort.locking import release_directory

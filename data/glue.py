@@ -22,6 +22,7 @@ import os
 
 from bort.errors import BortError
 from bort.io import read_lines
+from bort.paths import mxnet_home
 
 # task: (default directory under $MXNET_HOME/datasets, text_a column, text_b column or None, label column)
 GLUE_COLUMNS = {
@@ -45,10 +46,6 @@ SEGMENT_FILES = {
     "diagnostic": ["diagnostic.tsv", "AX.tsv"],
 }
 GLUE_HELP = "get the GLUE data release with the GLUE download script (glue_data/<TASK>/*.tsv)"
-
-
-def mxnet_home():
-    return os.path.expanduser(os.environ.get("MXNET_HOME", os.path.join("~", ".mxnet")))
 
 
 def default_data_dir(dirname):

@@ -21,6 +21,7 @@ import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before mxnet is imported)
 from bort.errors import run_cli
 from bort.finetune.tasks import task_names
 from bort.inference.task_prediction import PredictConfig
+from bort.text.gluonnlp_files import GLUONNLP_DATASET
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 
 log = logging.getLogger("predict")
@@ -49,7 +50,7 @@ def get_parser():
                    help="how idle OpenMP threads wait (bort.runtime.configure_omp_wait): active spins (fastest on "
                         "free cores), passive sleeps (much faster on a busy machine), auto picks passive when the "
                         "load average exceeds the cores")
-    add_tokenizer_args(p, dataset_name="openwebtext_ccnews_stories_books_cased")
+    add_tokenizer_args(p, dataset_name=GLUONNLP_DATASET)
     return p
 
 

@@ -16,7 +16,8 @@ import pytest
 import finetune_bort
 import scripts.agora as agora_cli
 from bort.agora import generators as augment
-from bort.agora.grid import FINETUNE, inference_command
+from bort.agora.grid import inference_command
+from bort.paths import FINETUNE_CLI
 from bort.agora.data_files import raw_label, split_dev, write_examples
 from bort.agora.rounds import Labeler, prune
 from bort.errors import BortError, run_cli
@@ -251,7 +252,7 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher, caps
     # the printed command runs as printed (as a shell parses it, here in this process)
     command = [x for x in proc.stdout.splitlines() if x.startswith("predict: ")][-1][len("predict: "):]
     argv = shlex.split(command)
-    assert argv[:2] == [sys.executable, FINETUNE]
+    assert argv[:2] == [sys.executable, FINETUNE_CLI]
     run_cli(finetune_bort.main)(argv[2:])
     assert (out / "submission" / "SST-2.tsv").is_file()
     # an interrupted round 2: no round.json, one trial without its result; the rerun redoes only that trial

@@ -26,17 +26,14 @@ from bort.io import atomic_write, read_json, write_json
 from bort.locking import owned_directory
 from bort.paths import AGORA_GRIDS, FINETUNE_CLI
 
-GRID_DIR = AGORA_GRIDS
-FINETUNE = FINETUNE_CLI
 CPU = 999  # finetune_bort.py's --gpu for the CPU
-LOG_FORMAT = "%(levelname)s:%(name)s:%(asctime)s %(message)s"  # finetune_bort.py's
 
 
 def grid_path(task_name, explicit=None):
     if explicit:
         return explicit
-    per_task = os.path.join(GRID_DIR, f"{task_name}.json")
-    return per_task if os.path.isfile(per_task) else os.path.join(GRID_DIR, "default.json")
+    per_task = os.path.join(AGORA_GRIDS, f"{task_name}.json")
+    return per_task if os.path.isfile(per_task) else os.path.join(AGORA_GRIDS, "default.json")
 
 
 def read_grid(path):
@@ -114,7 +111,7 @@ class TrialRunner:
     def command(self, folder, setting, device, data_dir=None):
         """The finetune_bort.py command line of a trial; `data_dir` (an Agora round's folder) overrides any
         --data_dir among the flags given after `--`."""
-        command = [sys.executable, FINETUNE, "--task_name", self.task_name, "--output_dir", folder]
+        command = [sys.executable, FINETUNE_CLI, "--task_name", self.task_name, "--output_dir", folder]
         for key, value in setting.items():
             command += [f"--{key}", str(value)]
         command += ["--gpu", str(device)] + list(self.finetune_args)
@@ -188,7 +185,7 @@ def run_in_process(argv, folder, log):
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     handler = logging.StreamHandler(log)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(finetune_bort.LOG_FORMAT, datefmt="%H:%M:%S"))
     root.handlers[:] = [handler]  # the trial's records go to its log only (and finetune_bort's basicConfig is a no-op)
     root.setLevel(logging.INFO)
 
@@ -263,6 +260,6 @@ def inference_command(task_name, checkpoint, output_dir, finetune_args):
             continue
         kept.append(extra[i])
         i += 1
-    command = [sys.executable, FINETUNE, "--task_name", task_name, "--only_inference", "--model_parameters",
+    command = [sys.executable, FINETUNE_CLI, "--task_name", task_name, "--only_inference", "--model_parameters",
                checkpoint, "--output_dir", output_dir] + kept
     return " ".join(shlex.quote(str(c)) for c in command)

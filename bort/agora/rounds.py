@@ -108,6 +108,7 @@ def finetune_options(finetune_args):
     would."""
     import argparse
 
+    from bort.text.gluonnlp_files import GLUONNLP_DATASET
     from bort.text.tokenizer import add_tokenizer_args
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -115,7 +116,7 @@ def finetune_options(finetune_args):
     parser.add_argument("--max_len", type=int, default=512)
     parser.add_argument("--dev_batch_size", type=int, default=8)
     parser.add_argument("--model_config", default="bort_4_8_768_1024")
-    add_tokenizer_args(parser, dataset_name="openwebtext_ccnews_stories_books_cased")
+    add_tokenizer_args(parser, dataset_name=GLUONNLP_DATASET)
     options, _ = parser.parse_known_args(list(finetune_args))
     return options
 

@@ -6,6 +6,7 @@ import sys
 
 from bort.errors import BortError
 from bort.io import hash_file
+from bort.paths import mxnet_home
 
 GLUONNLP_DATASET = "openwebtext_ccnews_stories_books_cased"
 # gluon-nlp 0.10 names its cached files <name>-<first 8 hex digits of their sha1>.<ext>
@@ -20,7 +21,7 @@ GLUONNLP_FILES = {
 
 def gluonnlp_models_dir():
     """Where gluon-nlp 0.x caches vocabularies: $MXNET_HOME/models (default ~/.mxnet/models)."""
-    return os.path.join(os.path.expanduser(os.environ.get("MXNET_HOME", os.path.join("~", ".mxnet"))), "models")
+    return os.path.join(mxnet_home(), "models")
 
 
 def file_sha1(path):

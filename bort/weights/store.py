@@ -16,11 +16,11 @@ import re
 
 from bort.errors import BortError
 from bort.paths import RELEASED_BORT
-from bort.text.gluonnlp_files import file_sha1, gluonnlp_models_dir
+from bort.text.gluonnlp_files import GLUONNLP_DATASET, file_sha1, gluonnlp_models_dir
 
 log = logging.getLogger(__name__)
 
-STORE_DATASET = "openwebtext_ccnews_stories_books_cased"
+STORE_DATASET = GLUONNLP_DATASET  # the dataset of gluon-nlp's pretrained RoBERTa parameters, as of its vocabulary
 _ORIGINAL_PARAMS = re.compile(r"^(\d{7,})\.params$")
 
 
