@@ -6,9 +6,13 @@
 - `checkpoint_parameters(ckpt_dir, step)`: {name: numpy array} of the student saved at `step`.
 
 Both patches key on `bort.profiling.StepProfiler.step_started(step)`, which the loop calls at the start of
-every step. tests/test_training_horovod.py's PRETRAIN_WRAPPER does the same in a subprocess.
+every step. For a subprocess (e.g. each rank under horovodrun), run this file in place of
+run_pretraining_distillation_hvd.py with the faults in the environment: `python tests/pretrain_faults.py ARGS`
+(see `main`).
 """
 import contextlib
+import os
+import sys
 
 from bort.pretrain.state import checkpoint_prefix
 from bort.profiling import StepProfiler
@@ -74,3 +78,35 @@ def checkpoint_parameters(ckpt_dir, step):
     """{name: numpy array} of the student parameters in the checkpoint of `step` (names as `parameters_digest`)."""
     arrays = read_params_file(checkpoint_prefix(ckpt_dir, step) + ".params")
     return {name: array.asnumpy() for name, array in arrays.items()}
+
+
+def main(argv):
+    """run_pretraining_distillation_hvd.py's main with faults from the environment: INF_GRAD_AT="STEP:RANK" puts an
+    inf into that Horovod rank's gradient at that step; KILL_AFTER_STEP=N ends every rank as if killed after step N
+    (Horovod shut down, exit 0; an error if the run ended before)."""
+    import run_pretraining_distillation_hvd as cli
+    from bort.errors import run_cli
+
+    inf_step, inf_rank = (int(x) for x in os.environ.get("INF_GRAD_AT", "0:-1").split(":"))
+    kill_after = int(os.environ.get("KILL_AFTER_STEP", 0))
+    rank = int(os.environ.get("HOROVOD_RANK", 0))
+    real_pretrain = cli.pretrain
+
+    def pretrain(config, dist):
+        with contextlib.ExitStack() as faults:
+            if rank == inf_rank:
+                faults.enter_context(inf_gradient_at(inf_step))
+            if kill_after:
+                faults.enter_context(killed_after(kill_after))
+            result = real_pretrain(config, dist)
+        if kill_after:  # killed_after stopped the run
+            dist.shutdown()
+            sys.exit(0)
+        return result
+
+    cli.pretrain = pretrain
+    run_cli(cli.main)(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

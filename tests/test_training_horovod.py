@@ -49,43 +49,12 @@ def _quote(text):
 # `shards` (conftest.py): two shards of the sample text, dupe factor 2, 32 tokens, seed 12345.
 
 
-# The CLI with the faults of tests/pretrain_faults.py, patched in the same way: INF_GRAD_AT="STEP:RANK" puts an inf
-# into that rank's gradient at that step; KILL_AFTER_STEP=N ends both ranks as if killed after step N.
-PRETRAIN_WRAPPER = r"""
-import os, sys
-import bort
-from bort.profiling import StepProfiler
-from bort.train.precision import GradientStep
-import run_pretraining_distillation_hvd as cli
-inf_step, inf_rank = (int(x) for x in os.environ["INF_GRAD_AT"].split(":"))
-kill_after = int(os.environ.get("KILL_AFTER_STEP", 0))
-rank, current = int(os.environ["HOROVOD_RANK"]), [0]
-class Killed(Exception):
-    pass
-real_started, real_step, real_pretrain = StepProfiler.step_started, GradientStep.__call__, cli.pretrain
-def step_started(self, step):
-    if kill_after and step > kill_after:
-        raise Killed()
-    current[0] = step
-    return real_started(self, step)
-def gradient_step(self, *args, **kwargs):
-    if (current[0], rank) == (inf_step, inf_rank):
-        self.params[0].grad()[:] = float("inf")
-    return real_step(self, *args, **kwargs)
-def pretrain(config, dist):
-    try:
-        return real_pretrain(config, dist)
-    except Killed:
-        dist.shutdown()
-        sys.exit(0)
-StepProfiler.step_started, GradientStep.__call__, cli.pretrain = step_started, gradient_step, pretrain
-from bort.errors import run_cli
-run_cli(cli.main)(sys.argv[1:])
-"""
+# The CLI with tests/pretrain_faults.py's faults (INF_GRAD_AT="STEP:RANK", KILL_AFTER_STEP=N), in each rank.
+FAULTY_PRETRAIN = os.path.join(ROOT, "tests", "pretrain_faults.py")
 
 
 def pretrain_argv(shards, *extra):
-    return [sys.executable, "-c", PRETRAIN_WRAPPER, "--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
+    return [sys.executable, FAULTY_PRETRAIN, "--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
             "--num_steps", "6", "--batch_size", "4", "--num_buckets", "2", "--dtype", "float16", "--cpu_only",
             "--optimizer", "adam", "--log_interval", "1", "--ckpt_interval", "4", "--eval_interval", "0",
             "--lr", "1e-3", "--ckpt_dir", "ck", "--summary_json", "summary{rank}.json", "--no_progress", *extra]
