@@ -7,6 +7,8 @@
 # model/bort.params (see the README for where to get it) unless PRETRAINED is set.
 set -euo pipefail
 cd "$(dirname "$0")"
+# As the original: round GPU allocations to powers of two (reused across batch lengths); a user's value wins.
+export MXNET_GPU_MEM_POOL_TYPE=${MXNET_GPU_MEM_POOL_TYPE:-Round}
 TASK=${1:?usage: ./run_finetune.sh TASK|TEST1|TEST2 [finetune_bort.py flags]}
 shift || true
 

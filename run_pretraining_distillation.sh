@@ -10,8 +10,13 @@
 # Extra flags after the positional arguments go to run_pretraining_distillation_hvd.py and override the
 # defaults below (e.g. --num_steps 1000 --ckpt_dir out/).
 #
-# Inputs are checked (one process, before horovodrun starts) so that a bad path is one line "error: ..." and a
-# non-zero exit, and nothing is created.
+# Inputs are checked (one process, before horovodrun starts: flags, and every shard read and validated whole) so
+# that a bad path or shard is one line "error: ..." and a non-zero exit, and nothing is created.
+# The launcher's own files (train.log, the whole run's output) go into the --ckpt_dir in effect (the default below,
+# or the one given among the extra flags). When a run fails, the first rank's "error: ..." line in train.log is
+# repeated as the last line, below Horovod's reports of the other ranks.
+# Checkpoints: every 10 steps as the original, of which the newest 3 and every 100,000th step are kept
+# (--keep_last_checkpoints / --keep_every_checkpoints; docs/checkpoints.md).
 #
 # TEST as <train data> (<test data> may be left out, as in the original's own test call): tokenize test_data/sample_text.txt with the test vocabulary, pretrain a tiny RoBERTa
 # teacher on it by masked-LM (unless a teacher checkpoint is given), then distill a tiny Bort student from it,
@@ -47,6 +52,9 @@ esac
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PYTHON=${PYTHON:-python}
 export MXNET_SAFE_ACCUMULATION=1
+# As the original and gluon-nlp's pretraining script: round allocations to powers of two, so that the memory of
+# one length bucket's static graph is reused by the next (the default pool keeps missing). A user's value wins.
+export MXNET_GPU_MEM_POOL_TYPE=${MXNET_GPU_MEM_POOL_TYPE:-Round}
 
 # The original's settings.
 MODEL=bort_4_8_768_1024
@@ -59,6 +67,8 @@ BS_EVAL=16
 ACC=1
 LOG_INTERVAL=10
 CKPT_INTERVAL=10
+KEEP_LAST=3
+KEEP_EVERY=100000
 CKPT_DIR=${MODEL}_model
 EXTRA_TEST=()
 CACHE_ARGS=()
@@ -142,6 +152,15 @@ dropout=0.0).to_dict())" "$@"
     fi
 fi
 
+# An explicit --ckpt_dir among the extra flags (the last one wins, as in argparse) is where train.log goes.
+EXTRA_FLAGS=("$@")
+for ((i = 0; i < ${#EXTRA_FLAGS[@]}; i++)); do
+    case "${EXTRA_FLAGS[i]}" in
+        --ckpt_dir) [ $((i + 1)) -lt ${#EXTRA_FLAGS[@]} ] && CKPT_DIR=${EXTRA_FLAGS[i + 1]} ;;
+        --ckpt_dir=*) CKPT_DIR=${EXTRA_FLAGS[i]#--ckpt_dir=} ;;
+    esac
+done
+
 TEACHER_ARGS=()
 if [ -n "$TEACHER_CKPT" ]; then
     TEACHER_ARGS=(--teacher_ckpt_dir "$TEACHER_CKPT")
@@ -151,6 +170,7 @@ ARGS=(--data "$TRAIN_DATA" --data_eval "$TEST_DATA" --model "$MODEL" --teacher_m
       "${TEACHER_ARGS[@]}" --teacher_ce_weight 0.5 --distillation_temperature 2.0 --mlm_weight 0.1
       --num_steps "$NUM_STEPS" --lr "$LR" --batch_size_eval "$BS_EVAL" --batch_size "$BS" --accumulate "$ACC"
       --num_buckets 20 --use_avg_len --log_interval "$LOG_INTERVAL" --ckpt_interval "$CKPT_INTERVAL"
+      --keep_last_checkpoints "$KEEP_LAST" --keep_every_checkpoints "$KEEP_EVERY"
       --ckpt_dir "$CKPT_DIR" --dtype "$DTYPE" "${EXTRA_TEST[@]}" "${CACHE_ARGS[@]}" "$@")
 
 if command -v horovodrun >/dev/null 2>&1 && "$PYTHON" -c "import horovod.mxnet" >/dev/null 2>&1; then
@@ -167,6 +187,15 @@ if [ ${#CACHE_ARGS[@]} -gt 0 ]; then  # TEST_TEACHER_CACHE=1: cache the teacher'
 fi
 "$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" --preflight_workers "$NUMPROC" || exit $?
 mkdir -p "$CKPT_DIR"
-set -x
+set +e -x
 "${LAUNCH[@]}" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" 2>&1 | tee "$CKPT_DIR/train.log"
-exit "${PIPESTATUS[0]}"
+STATUS=${PIPESTATUS[0]}
+{ set -e +x; } 2>/dev/null
+if [ "$STATUS" -ne 0 ]; then
+    # The rank's one-line error, without Horovod's "[rank,local]<stderr>:" prefix, as the run's last line.
+    FIRST_ERROR=$(sed -n -E 's/^(\[[0-9,]+\]<std(out|err)>:)?(error: .*)$/\3/p' "$CKPT_DIR/train.log" | head -n 1 || true)
+    if [ -n "$FIRST_ERROR" ]; then
+        echo "$FIRST_ERROR" >&2
+    fi
+fi
+exit "$STATUS"

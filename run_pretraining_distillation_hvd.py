@@ -36,7 +36,8 @@ def build_parser():
     g.add_argument("--use_avg_len", action="store_true",
                    help="bucket by average length: --batch_size counts tokens instead of sequences")
     g.add_argument("--num_buckets", type=int, default=D.num_buckets, help="length buckets for batching")
-    g.add_argument("--num_eval_steps", type=int, default=None, help="evaluate at most this many batches")
+    g.add_argument("--num_eval_steps", type=int, default=D.num_eval_steps,
+                   help="evaluate at most this many --batch_size_eval batches per worker (0: all of --data_eval)")
     g.add_argument("--allow_legacy_pickle", action="store_true",
                    help="read legacy gluon-nlp/Bort shards (pickled object arrays: only for files you trust)")
     g.add_argument("--dataset_name", default=None,
@@ -92,13 +93,18 @@ def build_parser():
     g.add_argument("--ckpt_dir", default=D.ckpt_dir)
     g.add_argument("--ckpt_interval", type=int, default=D.ckpt_interval)
     g.add_argument("--start_step", default=D.start_step, help="resume from this checkpoint step, or 'latest'")
+    g.add_argument("--keep_last_checkpoints", type=int, default=D.keep_last_checkpoints, metavar="N",
+                   help="after each checkpoint, delete older ones but the newest N (0: keep all, as the original)")
+    g.add_argument("--keep_every_checkpoints", type=int, default=D.keep_every_checkpoints, metavar="M",
+                   help="with --keep_last_checkpoints: also keep the checkpoints of steps divisible by M")
     g.add_argument("--overwrite_ckpt_dir", action="store_true",
                    help="a fresh run into a --ckpt_dir holding another run's checkpoints deletes them (without it: "
                         "an error)")
     g.add_argument("--eval_interval", type=int, default=None, help="default: --ckpt_interval (as the original)")
     g.add_argument("--log_interval", type=int, default=D.log_interval)
     g.add_argument("--metrics_file", default=None, help="JSON lines (default: <ckpt_dir>/metrics.jsonl)")
-    g.add_argument("--no_progress", action="store_true", help="no tqdm bar")
+    g.add_argument("--no_progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress line per --log_interval (in a log)")
     g.add_argument("--preflight_workers", type=int, default=None, help=argparse.SUPPRESS)  # the launcher's check
     g.add_argument("--summary_json", default=None, help="write the final metrics and a parameter checksum here "
                                                    "('{rank}' in the name: one file per rank)")

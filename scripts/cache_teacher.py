@@ -6,17 +6,21 @@
 then pretrain from the cache: run_pretraining_distillation_hvd.py ... --teacher_cache teacher_cache/.
 Each rank caches the shards i with i mod size == rank; a shard whose cache exists and is valid is skipped, so an
 interrupted run can simply be started again. `--cache_dir beside` writes `part-NNN.npz.topk` next to each shard.
+One run at a time per cache directory: the run locks --cache_dir (with 'beside', every directory of the shards)
+for its lifetime, and a second run into it stops with a one-line error naming the holder (bort.locking).
 See docs/teacher_cache.md for the file format and the loss.
 """
 import argparse
 import json
 import logging
-
+import os
 
 import bort  # noqa: E402,F401  (before mxnet)
-from bort.errors import run_cli
+from bort.errors import BortError, run_cli
+from bort.locking import hold_directory
 from bort.pretrain.teacher_cache import BESIDE, DEFAULT_TOPK, build_cache
 from bort.train.distributed import Distributed
+from data.shard_files import list_shards
 
 
 def build_parser():
@@ -26,8 +30,9 @@ def build_parser():
     p.add_argument("--cache_dir", default=BESIDE,
                    help=f"directory for the <shard>.topk files ('{BESIDE}': next to each shard)")
     p.add_argument("--teacher_ckpt_dir", default=None,
-                   help="teacher: a .params file, a directory with one .params file, or a local HF directory "
-                        "(as in the pretrainer); without it a random teacher (tests only)")
+                   help="teacher: a .params file, a directory with one .params file, or a local HF directory; "
+                        "without it, gluon-nlp's pretrained --teacher_model from $MXNET_HOME/models (fetched when "
+                        "missing), as in the pretrainer")
     p.add_argument("--teacher_model", default="roberta_24_1024_16", help="teacher config when the checkpoint has "
                                                                          "no JSON config beside it")
     p.add_argument("--topk", type=int, default=DEFAULT_TOPK, help="teacher tokens kept per masked position")
@@ -40,15 +45,35 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="re-cache shards whose cache is already valid")
     p.add_argument("--allow_legacy_pickle", action="store_true",
                    help="read legacy gluon-nlp/Bort shards (pickled object arrays: only for files you trust)")
-    p.add_argument("--seed", type=int, default=0, help="initializes a random teacher (tests only)")
+    p.add_argument("--seed", type=int, default=0, help="seed of MXNet's and numpy's random generators")
     p.add_argument("--no_progress", action="store_true")
     return p
+
+
+def hold_cache_directories(data, cache_dir, dist):
+    """Rank 0 locks the directories this run writes caches into (for the process's lifetime); an error (another
+    run holds one, bad --data) reaches every rank, so that all stop with the same one line."""
+    error = None
+    if dist.is_root:
+        try:
+            if cache_dir in (None, "", BESIDE):
+                directories = sorted({os.path.dirname(os.path.abspath(p)) for p in list_shards(data)})
+            else:
+                directories = [cache_dir]
+            for directory in directories:
+                hold_directory(directory, "--cache_dir")
+        except BortError as err:
+            error = str(err)
+    error = dist.broadcast_object(error, "cache_lock")
+    if error:
+        raise BortError(error)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     dist = Distributed()
+    hold_cache_directories(args.data, args.cache_dir, dist)
     summary = build_cache(args.data, args.cache_dir, args.teacher_ckpt_dir, args.teacher_model, args.topk,
                           args.distillation_temperature, args.batch_size, args.dtype, args.cpu_only,
                           args.overwrite, args.allow_legacy_pickle, args.seed, dist, not args.no_progress)

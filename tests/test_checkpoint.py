@@ -11,7 +11,7 @@ import bort  # noqa: F401
 import gluonnlp  # noqa: F401  (registers the 'bertadam' optimizer)
 import mxnet as mx
 
-from bort.weights import checkpoint
+from bort.weights import ndarray_file
 from bort.weights.checkpoint import (config_path, load_model, load_parameters, load_training_state, read_config,
                              read_params_file, save_parameters, save_training_state)
 from bort.errors import BortError
@@ -118,12 +118,11 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     model, config, path = _saved(tmp_path)
     before = open(path, "rb").read()
 
-    def broken_save(fname, data):
-        with open(fname, "wb") as handle:
-            handle.write(b"partial")
+    def broken_write(writer, data):
+        writer.handle.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.mx.nd, "save", broken_save)
+    monkeypatch.setattr(ndarray_file.HashingWriter, "write", broken_write)
     with pytest.raises(OSError):
         save_parameters(model, path)
     assert open(path, "rb").read() == before

@@ -21,6 +21,7 @@ from bort.finetune.task_kinds import RegressionTask
 from bort.finetune.tasks import DIAGNOSTICS, get_task, main_score
 from bort.io import JsonlLogger, write_json
 from bort.locking import file_digests, hold_directory, retract_result
+from bort.progress import Progress
 from bort.train.distributed import Distributed, launched_by_horovodrun
 from bort.train.optim import LinearWarmupDecay, create_trainer, set_seed, step_seed, trainable_parameters
 from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
@@ -172,8 +173,6 @@ def format_metrics(metrics):
 def train(task, model, data, config, dist, ctx, pad_id, logger, ckpt):
     """Train on data.train, evaluate data.dev after each epoch, keep the best epoch's model in `ckpt` (rank 0).
     Returns {"best_epoch", "score", "dev"} of the best epoch."""
-    from tqdm import tqdm
-
     examples, instances = data.train
     instances = [inst for inst in instances if inst.target is not None]
     if config.dtype == "float16":
@@ -207,8 +206,8 @@ def train(task, model, data, config, dist, ctx, pad_id, logger, ckpt):
         per_rank = len(batches) // dist.size
         batches = batches[dist.rank * per_rank:(dist.rank + 1) * per_rank] if dist.size > 1 else batches
         tic, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
-        bar = tqdm(batches, desc=f"{task.name} epoch {epoch + 1}", unit="batch", disable=not dist.is_root,
-                   leave=False)
+        bar = Progress(batches, desc=f"{task.name} epoch {epoch + 1}", unit="batch", enabled=dist.is_root,
+                       leave=False)
         step.zero_grad()
         for batch_id, idx in enumerate(bar):
             batch = [instances[i] for i in idx]
@@ -231,7 +230,7 @@ def train(task, model, data, config, dist, ctx, pad_id, logger, ckpt):
                     step.zero_grad()
                 if num_update % config.log_interval == 0 and dist.is_root:
                     rate = seen / max(time.time() - tic, 1e-9)
-                    bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", lr=f"{trainer.learning_rate:.2e}")
+                    bar.report(loss=loss_sum / loss_count, lr=trainer.learning_rate)
                     logger.log(kind="train", epoch=epoch + 1, step=num_update, loss=loss_sum / loss_count,
                                lr=trainer.learning_rate, samples_per_s=rate)
                 if config.training_steps and num_update >= total_steps:

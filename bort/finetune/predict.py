@@ -12,6 +12,7 @@ import mxnet as mx
 import numpy as np
 
 from bort.io import atomic_write
+from bort.progress import Progress
 
 
 def make_batches(lengths, batch_size, shuffle=False, rng=None, bucket_size=100):
@@ -62,8 +63,7 @@ def predict_outputs(task, model, instances, pad_id, batch_size=8, ctx=None, dtyp
     outputs = [None] * len(instances)
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if progress:
-        from tqdm import tqdm
-        chunks = tqdm(chunks, desc="predict", unit="batch", leave=False)
+        chunks = Progress(chunks, desc="predict", unit="batch", leave=False)  # a bar on a terminal only
     with mx.autograd.predict_mode():
         for idx in chunks:
             batch = [instances[i] for i in idx]

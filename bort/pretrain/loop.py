@@ -4,6 +4,7 @@
 The pieces: data feeding in `bort.pretrain.batches`, the step (student, teacher, loss, totals, evaluation) in
 `bort.pretrain.step`, checkpoint files of a run in `bort.pretrain.state`, the masked-LM head in `bort.pretrain.mlm`.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,19 +23,24 @@ from bort.model import get_config
 from bort.pretrain import teacher_cache
 from bort.pretrain.batches import TrainData, eval_batches, shard_metadata, split_shards, to_nd
 from bort.pretrain.distill import DistillationLoss
-from bort.pretrain.state import (checkpoint_prefix, complete_checkpoints, restore_checkpoint, rng_state,
-                                 save_checkpoint, set_rng_state, trim_metrics)
+from bort.pretrain.state import (checkpoint_prefix, complete_checkpoints, prune_checkpoints, restore_checkpoint,
+                                 rng_state, save_checkpoint, set_rng_state, trim_metrics)
 from bort.pretrain.step import Totals, build_student, build_teacher, evaluate, forward_backward, summarize
 from bort.pretrain.topk_distill import TopKDistillationLoss, prediction_counts, teacher_from_batch
 from bort.profiling import StepProfiler
+from bort.progress import Progress
 from bort.train.distributed import Distributed
 from bort.train.optim import (LinearWarmupDecay, create_trainer, prepare_optimizer_state, set_seed, step_seed,
                               trainable_parameters)
 from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.weights.store import resume_original
+from data.pretraining_format import load_shard
 from data.shard_files import list_shards
 
 log = logging.getLogger(__name__)
+
+# Evaluation batches per rank: the original evaluated the whole --data_eval every --ckpt_interval (10) steps.
+DEFAULT_NUM_EVAL_STEPS = 20
 
 
 @dataclasses.dataclass
@@ -74,7 +80,9 @@ class PretrainConfig:
     ckpt_interval: int = 1000
     start_step: str = "0"
     eval_interval: int = None
-    num_eval_steps: int = None
+    num_eval_steps: int = DEFAULT_NUM_EVAL_STEPS  # batches per rank and evaluation (0: the whole --data_eval)
+    keep_last_checkpoints: int = 0  # keep the newest N checkpoints (0: keep every checkpoint, as the original)
+    keep_every_checkpoints: int = 0  # with keep_last_checkpoints: also keep the checkpoints of steps divisible by M
     log_interval: int = 250
     metrics_file: str = None
     seed: int = 0
@@ -112,6 +120,9 @@ def check_config(config):
     for name in ("log_interval", "ckpt_interval"):
         if getattr(config, name) < 1:
             raise BortError(f"--{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("num_eval_steps", "keep_last_checkpoints", "keep_every_checkpoints"):
+        if (getattr(config, name) or 0) < 0:
+            raise BortError(f"--{name} must be >= 0, got {getattr(config, name)}")
     if config.teacher_cache:
         teacher_cache.check_config(config)
 
@@ -120,9 +131,12 @@ def preflight(config, world_size):
     """The checks a launcher runs in one process before starting `world_size` ranks: flags, shard files, the
     device for --dtype, the files named by --student_params / --teacher_ckpt_dir. Raises BortError."""
     check_config(config)
-    split_shards(list_shards(config.data), world_size, 0)
+    shards = list_shards(config.data)
+    split_shards(shards, world_size, 0)
     if config.data_eval:
-        list_shards(config.data_eval)
+        shards = shards + list_shards(config.data_eval)
+    for path in shards:  # every shard a rank will read, fully validated: a bad one stops the launch, not a rank
+        load_shard(path, allow_legacy_pickle=config.allow_legacy_pickle)
     choose_context(config.dtype, use_gpu=not config.cpu_only)
     for flag in ("student_params", "teacher_ckpt_dir"):
         path = getattr(config, flag)
@@ -189,11 +203,13 @@ def pretrain(config, dist=None):
                  "tokens" if config.use_avg_len else "sequences", config.accumulate, dist.size)
         if config.teacher_cache:
             log.info("distilling from the teacher cache %s (no teacher forward)", config.teacher_cache)
-    progress = _progress(config, dist, start_step)
+    progress = Progress(total=config.num_steps, initial=start_step, desc="distillation", unit="step",
+                        enabled=config.progress and dist.is_root)
     profiler = StepProfiler(config.profile, config.num_steps, dist.rank, dist.size)
     totals, last_train, last_eval = Totals(), None, None
     step, window_start, window_steps = start_step, time.time(), 0
     data_time = 0.0
+    clock = OverheadClock()
     try:
         while step < config.num_steps:
             step += 1
@@ -216,8 +232,7 @@ def pretrain(config, dist=None):
                 stepper.zero_grad()
             window_steps += 1
             profiler.step_finished(step)
-            if progress:
-                progress.update(1)
+            progress.update(1)
 
             if step % config.log_interval == 0 or step == config.num_steps:
                 sums = totals.collect(dist)
@@ -226,26 +241,34 @@ def pretrain(config, dist=None):
                                   skipped=not applied, tokens_per_s=sums["tokens"] / elapsed,
                                   ms_per_step=1000 * elapsed / window_steps,
                                   data_ms_per_step=1000 * data_time / window_steps,
-                                  loss_scale=stepper.loss_scale, legacy_kd_loss=config.legacy_kd_loss)
+                                  loss_scale=stepper.loss_scale, legacy_kd_loss=config.legacy_kd_loss,
+                                  **clock.shares())
                 if dist.is_root:
                     metrics.log(**last_train)
-                    if progress:
-                        progress.set_postfix(mlm=f"{last_train['mlm_loss']:.3f}", kd=f"{last_train['kd_loss']:.3g}",
-                                             acc=f"{last_train['mlm_acc']:.3f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
-                    log.info("step %d: %s", step, json.dumps({k: last_train[k] for k in (
-                        "mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s",
-                        "ms_per_step")}))
+                    progress.report(mlm_loss=last_train["mlm_loss"], kd_loss=last_train["kd_loss"],
+                                    mlm_acc=last_train["mlm_acc"], tok_s=round(last_train["tokens_per_s"]),
+                                    ckpt_share=f"{100 * last_train['checkpoint_time_share']:.1f}%",
+                                    eval_share=f"{100 * last_train['eval_time_share']:.1f}%")
+                    if not progress.writes_lines:  # the plain progress line already says it
+                        log.info("step %d: %s", step, json.dumps({k: last_train[k] for k in (
+                            "mlm_loss", "kd_loss", "mlm_acc", "teacher_agreement", "lr", "tokens_per_s",
+                            "ms_per_step", "checkpoint_time_share", "eval_time_share")}))
                 totals.reset()
                 window_start, window_steps, data_time = time.time(), 0, 0.0
 
             if step % config.ckpt_interval == 0 or step == config.num_steps:
-                _checkpoint(config, dist, step, student, model_config, trainer, data, scaler, run_id)
+                with clock.measure("checkpoint"):
+                    _checkpoint(config, dist, step, student, model_config, trainer, data, scaler, run_id)
             if config.data_eval and eval_interval and step % eval_interval == 0 and step != config.num_steps:
-                last_eval = _eval_and_log(config, dist, student, teacher, loss_fn, ctx, dtype, metrics, step)
+                with clock.measure("eval"):
+                    last_eval = _eval_and_log(config, dist, student, teacher, loss_fn, ctx, dtype, metrics, step)
     finally:
         data.close()
-        if progress:
-            progress.close()
+        progress.close()
+    if dist.is_root:
+        shares = clock.shares()
+        log.info("time in checkpoints: %.1f %% of the run, in evaluation: %.1f %%",
+                 100 * shares["checkpoint_time_share"], 100 * shares["eval_time_share"])
     result = {"step": step, "student": student, "teacher": teacher, "last_train": last_train,
               "model_config": model_config, "rank": dist.rank}
     if config.data_eval:
@@ -278,12 +301,25 @@ def _resume_position(config, dist, start_step, state, scaler):
     return positions
 
 
-def _progress(config, dist, start_step):
-    if not (config.progress and dist.is_root):
-        return None
-    from tqdm import tqdm  # noqa: PLC0415
+class OverheadClock:
+    """Wall time spent in checkpoints and evaluations, as shares of the time since the clock started."""
 
-    return tqdm(total=config.num_steps, initial=start_step, desc="distillation", unit="step", dynamic_ncols=True)
+    def __init__(self):
+        self.started_at = time.time()
+        self.seconds = {"checkpoint": 0.0, "eval": 0.0}
+
+    @contextlib.contextmanager
+    def measure(self, what):
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.seconds[what] += time.time() - t0
+
+    def shares(self):
+        """{'checkpoint_time_share': fraction, 'eval_time_share': fraction} of the wall time so far."""
+        total = max(time.time() - self.started_at, 1e-9)
+        return {f"{what}_time_share": seconds / total for what, seconds in self.seconds.items()}
 
 
 def _checkpoint(config, dist, step, student, model_config, trainer, data, scaler, run_id):
@@ -307,7 +343,8 @@ def _checkpoint(config, dist, step, student, model_config, trainer, data, scaler
              "loss_scaler": scaler.state_dict() if scaler else None, "run_id": run_id,
              "config": {k: v for k, v in dataclasses.asdict(config).items() if _jsonable(v)}}
     prefix = save_checkpoint(config.ckpt_dir, step, student, model_config, trainer, state)
-    log.info("checkpoint %s", prefix)
+    removed = prune_checkpoints(config.ckpt_dir, step, config.keep_last_checkpoints, config.keep_every_checkpoints)
+    log.info("checkpoint %s%s", prefix, f" (removed steps {', '.join(map(str, removed))})" if removed else "")
 
 
 def _jsonable(value):

@@ -2,7 +2,9 @@
 
 `step_NNNNNNN.params` (+ `.json` model config), `.states` (optimizer arrays) and `.state.json` (step, data
 positions of every rank, python/numpy RNG states, loss scale, flags). Every file is written atomically and
-`.state.json` last, so a checkpoint without it is incomplete and ignored by `--start_step latest`.
+`.state.json` last, so a checkpoint without it is incomplete and ignored by `--start_step latest`; the SHA-256
+of each file is computed while it is written (bort.weights.ndarray_file) and recorded in `.state.json`.
+Retention (`prune_checkpoints`) deletes old checkpoints after each new one; docs/checkpoints.md.
 MXNet's RNG cannot be saved: it is reseeded every step from (seed, step, slot) instead (bort.train.optim.step_seed).
 """
 import contextlib
@@ -20,6 +22,7 @@ from bort.errors import BortError
 from bort.io import atomic_write
 
 _CKPT = re.compile(r"step_(\d{7,})\.state\.json$")
+_CKPT_FILE = re.compile(r"step_(\d{7,})\.(params|json|states|state\.json)")
 
 
 def checkpoint_prefix(ckpt_dir, step):
@@ -59,10 +62,47 @@ def save_checkpoint(ckpt_dir, step, model, model_config, trainer, state):
     # Rewriting a step (a resume from an earlier one): it stops being complete before any of its files changes.
     with contextlib.suppress(FileNotFoundError):
         os.remove(prefix + ".state.json")
-    save_parameters(model, prefix + ".params", model_config)
+    params_sha256 = save_parameters(model, prefix + ".params", model_config)  # hashed while written
     # .states, then .state.json (the commit marker, with the checksums of the files it completes)
-    save_training_state(prefix, trainer, state, companions=(prefix + ".params", prefix + ".json"))
+    save_training_state(prefix, trainer, state,
+                        companions={prefix + ".params": params_sha256, prefix + ".json": None})
     return prefix
+
+
+def remove_checkpoint(ckpt_dir, step):
+    """Delete one checkpoint's files, the commit marker (.state.json) first: never a complete-looking half."""
+    prefix = checkpoint_prefix(ckpt_dir, step)
+    for ext in (".state.json", ".states", ".params", ".json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(prefix + ext)
+
+
+def checkpoints_to_keep(steps, keep_last, keep_every):
+    """The steps retention keeps of `steps`: all when keep_last is 0, else the newest `keep_last` and those
+    divisible by `keep_every` (when > 0)."""
+    steps = sorted(steps)
+    if keep_last <= 0:
+        return set(steps)
+    return set(steps[-keep_last:]) | {s for s in steps if keep_every > 0 and s % keep_every == 0}
+
+
+def prune_checkpoints(ckpt_dir, current_step, keep_last=0, keep_every=0):
+    """Retention (--keep_last_checkpoints N, --keep_every_checkpoints M): after writing `current_step`, delete the
+    complete checkpoints up to it that are not kept, and incomplete ones (files without their .state.json, left by
+    a kill) of earlier steps. Checkpoints of later steps (a run resumed from an earlier step) are left alone.
+    Returns the deleted steps, ascending."""
+    if keep_last <= 0:
+        return []
+    complete = [s for s in complete_checkpoints(ckpt_dir) if s <= current_step]
+    keep = checkpoints_to_keep(complete, keep_last, keep_every)
+    removed = {s for s in complete if s not in keep}
+    for path in glob.glob(os.path.join(glob.escape(ckpt_dir), "step_*")):
+        match = _CKPT_FILE.fullmatch(os.path.basename(path))
+        if match and int(match.group(1)) < current_step and int(match.group(1)) not in complete:
+            removed.add(int(match.group(1)))
+    for step in sorted(removed):
+        remove_checkpoint(ckpt_dir, step)
+    return sorted(removed)
 
 
 # Settings that must be the same to continue a run (paths may be spelled differently and are not compared).
@@ -95,7 +135,7 @@ def prepare_fresh_run(ckpt_dir, overwrite):
                         f"resume it with --start_step latest, choose another --ckpt_dir, or pass "
                         f"--overwrite_ckpt_dir to delete them")
     for path in glob.glob(os.path.join(glob.escape(ckpt_dir), "step_*")):
-        if re.fullmatch(r"step_\d{7,}\.(params|json|states|state\.json)", os.path.basename(path)):
+        if _CKPT_FILE.fullmatch(os.path.basename(path)):
             os.remove(path)
 
 

@@ -360,7 +360,7 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
     teacher = load_teacher(teacher_ckpt_dir, config=teacher_model, ctx=ctx, dtype=dtype,
                            vocab_size=vocab if teacher_ckpt_dir is None else None)
     info = {"teacher_sha256": teacher_fingerprint(teacher_ckpt_dir), "teacher_dtype": dtype,
-            "teacher_source": teacher_ckpt_dir or f"random {teacher_model} (seed {seed})"}
+            "teacher_source": teacher_ckpt_dir or f"gluon-nlp's pretrained {teacher_model}"}
     checker = CacheReader(cache_dir, temperature, topk, teacher_ckpt_dir)
     bar = None
     if progress and dist.is_root:

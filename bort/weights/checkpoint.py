@@ -10,9 +10,10 @@ import bort  # noqa: F401
 import mxnet as mx
 
 from bort.errors import BortError
-from bort.io import atomic_path, file_sha256, read_json, write_json
+from bort.io import file_sha256, read_json, write_json
 from bort.model import ModelConfig, build_model, get_config
 from bort.validation import check_config_fits_file, validate_training_state
+from bort.weights.ndarray_file import save_ndarrays
 
 
 def config_path(params_path):
@@ -110,13 +111,13 @@ def _context_of(params):
 
 
 def save_parameters(block, path, config=None):
-    """Write `path` atomically (and the config JSON beside it when given)."""
+    """Write `path` atomically (and the config JSON beside it when given); returns the SHA-256 of `path`,
+    computed while writing."""
     if config is not None:
         write_json(config_path(path), config.to_dict() if isinstance(config, ModelConfig) else config)
-    with atomic_path(path) as tmp:
-        arrays = {name: param.data() for name, param in block._collect_params_with_prefix().items()}
-        # Tied weights appear under two names; keep both so the file matches gluon-nlp's layout.
-        mx.nd.save(tmp, arrays)
+    arrays = {name: param.data() for name, param in block._collect_params_with_prefix().items()}
+    # Tied weights appear under two names; keep both so the file matches gluon-nlp's layout.
+    return save_ndarrays(path, arrays)
 
 
 def read_config(params_path, fallback=None):
@@ -207,7 +208,8 @@ def save_training_state(prefix, trainer, state, params=None, companions=()):
     Nested multi-precision states (float16 training) are stored whole, float32 master weights included.
     Pass `params` as {name: Parameter} to choose the names (e.g. `trainable_parameters(block)`).
     `.state.json` records the SHA-256 of `.states` and of the `companions` (files beside it written before, e.g.
-    the `.params`), so that loading refuses a checkpoint whose files come from different writes.
+    the `.params`), so that loading refuses a checkpoint whose files come from different writes. `companions`:
+    paths, or {path: SHA-256 or None} with the digests their writers computed (None: hash the file here).
     """
     updater, optimizer = trainer._updaters[0], trainer._optimizer
     names = _state_names(trainer, params)
@@ -218,9 +220,9 @@ def save_training_state(prefix, trainer, state, params=None, companions=()):
     per_device = optimizer._all_index_update_counts.get(_device_ids(trainer)[0], {})
     counts = {names[index]: count for index, count in per_device.items()}
     state = dict(state, optimizer={"num_update": optimizer.num_update, "update_count": counts, "layout": layout})
-    with atomic_path(prefix + ".states") as tmp:
-        mx.nd.save(tmp, arrays)
-    state["checksums"] = {os.path.basename(path): file_sha256(path) for path in (*companions, prefix + ".states")}
+    checksums = dict(companions) if isinstance(companions, dict) else dict.fromkeys(companions)
+    checksums[prefix + ".states"] = save_ndarrays(prefix + ".states", arrays)  # hashed while written
+    state["checksums"] = {os.path.basename(path): digest or file_sha256(path) for path, digest in checksums.items()}
     write_json(prefix + ".state.json", state)
 
 
