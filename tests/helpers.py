@@ -65,6 +65,6 @@ def tiny_config(shards, ckpt_dir, **changes):
 
 def run_launcher(args, cwd, timeout=1800, **env):
     """bash run_pretraining_distillation.sh ARGS in cwd with the test's Python; returns the CompletedProcess."""
-    run_env = dict(os.environ, PYTHON=sys.executable, **env)
+    run_env = dict(os.environ, **dict(dict(PYTHON=sys.executable), **env))
     return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
                           timeout=timeout)
