@@ -38,7 +38,7 @@ class HashingWriter:
 
 def raw_bytes(array):
     """One NDArray as NDArray::Save writes it (what `pickle` of an NDArray carries)."""
-    return bytes(array.__getstate__()["handle"])
+    return array.__getstate__()["handle"]  # a bytearray: written and hashed without another copy
 
 
 def save_ndarrays(path, arrays):
