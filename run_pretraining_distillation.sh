@@ -12,8 +12,8 @@
 #
 # Inputs are checked (one process, before horovodrun starts: flags, and every shard read and validated whole) so
 # that a bad path or shard is one line "error: ..." and a non-zero exit, and nothing is created.
-# The launcher's own files (train.log, the whole run's output) go into the --ckpt_dir in effect (the default below,
-# or the one given among the extra flags). When a run fails, the first rank's "error: ..." line in train.log is
+# The launcher's own files (train.log, the whole run's output, appended to across resumes) go into the --ckpt_dir
+# in effect (the default below, or the one given among the extra flags). When a run fails, the first rank's "error: ..." line in train.log is
 # repeated as the last line, below Horovod's reports of the other ranks.
 # Checkpoints: every 10 steps as the original, of which the newest 3 and every 100,000th step are kept
 # (--keep_last_checkpoints / --keep_every_checkpoints; docs/checkpoints.md).
@@ -187,13 +187,17 @@ if [ ${#CACHE_ARGS[@]} -gt 0 ]; then  # TEST_TEACHER_CACHE=1: cache the teacher'
 fi
 "$PYTHON" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" --preflight_workers "$NUMPROC" || exit $?
 mkdir -p "$CKPT_DIR"
+# Appended: a resumed run keeps the log of the runs before it. This run's part starts after LOG_LINES lines.
+LOG_LINES=0
+if [ -f "$CKPT_DIR/train.log" ]; then LOG_LINES=$(wc -l < "$CKPT_DIR/train.log"); fi
 set +e -x
-"${LAUNCH[@]}" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" 2>&1 | tee "$CKPT_DIR/train.log"
+"${LAUNCH[@]}" "$HERE/run_pretraining_distillation_hvd.py" "${ARGS[@]}" 2>&1 | tee -a "$CKPT_DIR/train.log"
 STATUS=${PIPESTATUS[0]}
 { set -e +x; } 2>/dev/null
 if [ "$STATUS" -ne 0 ]; then
     # The rank's one-line error, without Horovod's "[rank,local]<stderr>:" prefix, as the run's last line.
-    FIRST_ERROR=$(sed -n -E 's/^(\[[0-9,]+\]<std(out|err)>:)?(error: .*)$/\3/p' "$CKPT_DIR/train.log" | head -n 1 || true)
+    FIRST_ERROR=$(tail -n "+$((LOG_LINES + 1))" "$CKPT_DIR/train.log" \
+        | sed -n -E 's/^(\[[0-9,]+\]<std(out|err)>:)?(error: .*)$/\3/p' | head -n 1 || true)
     if [ -n "$FIRST_ERROR" ]; then
         echo "$FIRST_ERROR" >&2
     fi

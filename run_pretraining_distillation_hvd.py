@@ -14,6 +14,7 @@ import logging
 
 import bort  # noqa: F401  (before mxnet: thread settings)
 from bort.errors import run_cli
+from bort.locking import hold_directory, release_directory
 from bort.pretrain.loop import PretrainConfig, preflight, pretrain, write_summary
 from bort.train.distributed import Distributed
 
@@ -117,7 +118,6 @@ def build_parser():
 def check_pretraining_inputs(config, dist):
     """Shards that fit the student (data.shard_files), and with `dist` one run per --ckpt_dir (bort.locking)."""
     from bort.weights.checkpoint import read_config
-    from bort.locking import hold_directory
     from bort.model import get_config
     from data.shard_files import check_shards_fit, list_shards
 
@@ -142,6 +142,9 @@ def main(argv=None):
     if args.preflight_workers:
         preflight(config, args.preflight_workers)
         check_pretraining_inputs(config, None)  # shards against the student too, before horovodrun starts
+        # Another run holding --ckpt_dir: say so now, before the launcher writes its train.log there.
+        if hold_directory(config.ckpt_dir, "--ckpt_dir"):
+            release_directory(config.ckpt_dir, remove_if_unused=True)
         return
     dist = Distributed()
     check_pretraining_inputs(config, dist)

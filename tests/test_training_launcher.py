@@ -4,6 +4,7 @@ environment and files of the launchers (MXNET_GPU_MEM_POOL_TYPE, train.log under
 the last line, every shard validated before the launch)."""
 import os
 import subprocess
+import sys
 
 import bort  # noqa: F401
 import mxnet as mx
@@ -130,10 +131,34 @@ def test_launcher_sets_the_memory_pool_and_writes_its_log_under_ckpt_dir(tmp_pat
 
 def test_a_failed_multi_rank_run_ends_with_the_first_rank_error_line(tmp_path):
     env = _fake_python(tmp_path)
+    (tmp_path / "ck").mkdir()
+    earlier = "[0]<stderr>:error: an earlier run's error\n"
+    (tmp_path / "ck" / "train.log").write_text(earlier)  # a run resumed in the same --ckpt_dir
     proc = run_launcher(["1", "train", "eval", "--ckpt_dir", str(tmp_path / "ck")], tmp_path, FAKE_FAIL="1", **env)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "error: shards/part-007.npz: input_ids: id 70000 at index 3 is outside the vocabulary"
+    log = (tmp_path / "ck" / "train.log").read_text()
+    assert log.startswith(earlier) and "HorovodInternalError" in log  # appended, the earlier run's log kept
+
+
+def test_preflight_refuses_a_ckpt_dir_another_run_holds(shards, tmp_path):
+    """Before the launcher writes its train.log into the other run's directory."""
+    hold = "import sys; from bort.locking import hold_directory; hold_directory(sys.argv[1]); print('held', " \
+           "flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "ck")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["--data", shards, "--model", "bort_tiny", "--teacher_model", "roberta_tiny", "--random_teacher",
+                "--dtype", "float32", "--cpu_only", "--ckpt_dir", str(tmp_path / "ck"), "--preflight_workers", "2"]
+        with pytest.raises(BortError, match=rf"--ckpt_dir is in use by another run \(PID {holder.pid} "):
+            cli.main(argv)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    cli.main(argv[:-4] + ["--ckpt_dir", str(tmp_path / "new"), "--preflight_workers", "2"])
+    assert not os.path.exists(tmp_path / "new")  # the check creates nothing
 
 
 def test_finetune_launcher_sets_the_memory_pool(tmp_path, monkeypatch):
