@@ -17,7 +17,7 @@ import os
 
 import bort  # noqa: E402,F401  (before mxnet)
 from bort.errors import BortError, run_cli
-from bort.locking import hold_directory
+from bort.locking import hold_directory, release_directory
 from bort.pretrain.teacher_cache import BESIDE, DEFAULT_TOPK, build_cache
 from bort.train.distributed import Distributed
 from data.shard_files import list_shards
@@ -51,9 +51,9 @@ def build_parser():
 
 
 def hold_cache_directories(data, cache_dir, dist):
-    """Rank 0 locks the directories this run writes caches into (for the process's lifetime); an error (another
-    run holds one, bad --data) reaches every rank, so that all stop with the same one line."""
-    error = None
+    """Rank 0 locks the directories this run writes caches into and returns them (other ranks: []); an error
+    (another run holds one, bad --data) reaches every rank, so that all stop with the same one line."""
+    error, directories = None, []
     if dist.is_root:
         try:
             if cache_dir in (None, "", BESIDE):
@@ -67,16 +67,21 @@ def hold_cache_directories(data, cache_dir, dist):
     error = dist.broadcast_object(error, "cache_lock")
     if error:
         raise BortError(error)
+    return directories
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     dist = Distributed()
-    hold_cache_directories(args.data, args.cache_dir, dist)
-    summary = build_cache(args.data, args.cache_dir, args.teacher_ckpt_dir, args.teacher_model, args.topk,
-                          args.distillation_temperature, args.batch_size, args.dtype, args.cpu_only,
-                          args.overwrite, args.allow_legacy_pickle, args.seed, dist, not args.no_progress)
+    held = hold_cache_directories(args.data, args.cache_dir, dist)
+    try:
+        summary = build_cache(args.data, args.cache_dir, args.teacher_ckpt_dir, args.teacher_model, args.topk,
+                              args.distillation_temperature, args.batch_size, args.dtype, args.cpu_only,
+                              args.overwrite, args.allow_legacy_pickle, args.seed, dist, not args.no_progress)
+    finally:
+        for directory in held:
+            release_directory(directory, remove_if_unused=True)
     if dist.is_root:
         print(json.dumps(summary))
     dist.shutdown()

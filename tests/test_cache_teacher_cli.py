@@ -65,3 +65,29 @@ def test_help_says_what_runs_without_teacher_ckpt_dir_and_it_does(shards, tmp_pa
                            "roberta_tiny", "--cpu_only", "--no_progress"])
     assert asked == ["roberta_tiny"]
     assert not os.path.exists(tmp_path / "cache") or os.listdir(tmp_path / "cache") in ([], [".bort.lock"])
+
+
+def test_a_run_writes_plain_progress_lines_and_releases_its_lock(shards, vocab_size, tmp_path, capsys):
+    import mxnet as mx
+
+    from bort.model import build_model, get_config
+    from bort.weights.checkpoint import finish_deferred_init, save_parameters
+
+    mx.random.seed(0)
+    config = get_config("roberta_tiny", vocab_size=vocab_size, dropout=0.0)
+    save_parameters(finish_deferred_init(build_model(config)), str(tmp_path / "teacher.params"), config)
+    data = tmp_path / "shards"
+    shutil.copytree(shards, data)
+    argv = ["--data", str(data), "--teacher_ckpt_dir", str(tmp_path / "teacher.params"), "--topk", "4",
+            "--cpu_only", "--batch_size", "64"]
+    cache_teacher()["main"](argv)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line.split(" | ")[0] for line in err.splitlines() if line.startswith("teacher cache ")] == [
+        "teacher cache 1/2 (50.0%)", "teacher cache 2/2 (100.0%)"]
+    assert {"part-000.npz.topk", "part-001.npz.topk"} <= set(os.listdir(data))
+    assert ".bort.lock" not in os.listdir(data)  # released when the run ends
+    proc = subprocess.run([sys.executable, CACHE_TEACHER, *argv, "--no_progress"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"skipped": 2' in proc.stdout

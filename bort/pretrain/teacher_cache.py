@@ -335,6 +335,7 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
     from data.shard_files import list_shards  # noqa: PLC0415
 
     from bort.pretrain.distill import load_teacher  # noqa: PLC0415
+    from bort.progress import Progress  # noqa: PLC0415
     from bort.train.distributed import Distributed  # noqa: PLC0415
     from bort.train.optim import set_seed  # noqa: PLC0415
 
@@ -362,11 +363,7 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
     info = {"teacher_sha256": teacher_fingerprint(teacher_ckpt_dir), "teacher_dtype": dtype,
             "teacher_source": teacher_ckpt_dir or f"gluon-nlp's pretrained {teacher_model}"}
     checker = CacheReader(cache_dir, temperature, topk, teacher_ckpt_dir)
-    bar = None
-    if progress and dist.is_root:
-        from tqdm import tqdm  # noqa: PLC0415
-
-        bar = tqdm(total=len(mine), desc="teacher cache", unit="shard", dynamic_ncols=True)
+    bar = Progress(total=len(mine), desc="teacher cache", unit="shard") if progress and dist.is_root else None
     written = skipped = positions = size = rest_sum = 0
     start = time.time()
     for path in mine:
@@ -390,7 +387,7 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
                  time.time() - t0, n / max(time.time() - t0, 1e-9), nbytes / 1e6)
         if bar:
             bar.update(1)
-            bar.set_postfix(positions_per_s=f"{positions / max(time.time() - start, 1e-9):.0f}")
+            bar.report(positions_per_s=round(positions / max(time.time() - start, 1e-9)))
     if bar:
         bar.close()
     totals = dist.allreduce_sum([written, skipped, positions, size, rest_sum])
