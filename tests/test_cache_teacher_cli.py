@@ -26,7 +26,7 @@ def cache_teacher():
 @contextlib.contextmanager
 def held_by_another_run(directory):
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(directory)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "held"
         yield proc.pid
@@ -88,6 +88,6 @@ def test_a_run_writes_plain_progress_lines_and_releases_its_lock(shards, vocab_s
     assert {"part-000.npz.topk", "part-001.npz.topk"} <= set(os.listdir(data))
     assert ".bort.lock" not in os.listdir(data)  # released when the run ends
     proc = subprocess.run([sys.executable, CACHE_TEACHER, *argv, "--no_progress"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"skipped": 2' in proc.stdout
