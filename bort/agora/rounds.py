@@ -298,6 +298,8 @@ class Agora:
     def read_generated(self, path):
         """A round's generated examples, each with the task's text fields and a label the task knows."""
         out = []
+        if os.path.isfile(path) and os.path.getsize(path) == 0:  # a round that generated nothing
+            return out
         for number, record in read_jsonl(path):
             where = f"{path}:{number}"
             try:
