@@ -239,14 +239,19 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher, caps
     assert [x["text_a"] for x in train2[24:]] == [x["text_a"] for x in generated]
     labels = CheckpointLabeler(get_task("SST-2"), str(teacher), tokenizer(), 32).predict(generated)
     assert [x["label"] for x in generated] == [raw_label(get_task("SST-2"), k) for k in labels]
-    # mistakes are the best model's wrong E predictions, from its dev_predictions.jsonl
+    # the runs select on E_sel (their dev set); mistakes are the best model's wrong predictions on E_gen
     best_dir = out / "round_01" / first["round_best_trial"]
     assert json.loads((best_dir / "status.json").read_text())["in_process"]
     preds = [json.loads(x) for x in (best_dir / "dev_predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 30  # E: 40 dev rows less 10 held out
-    assert sorted([p["segment"], p["row"]] for p in preds if p["prediction"] != p["label"]) == \
+    split = json.loads((out / "split.json").read_text())["segments"]["dev"]
+    assert len(preds) == len(split["E_selection"]) == 15  # E: 40 dev rows less 10 held out; half of E selects
+    assert sum(p["prediction"] == p["label"] for p in preds) / 15 == pytest.approx(first["round_best_score"])
+    dev = {x["where"]: x for x in get_task("SST-2").read("dev", str(data))}
+    generation = [dev[w] for w in split["E_generation"]]
+    checkpoint = json.loads((best_dir / "result.json").read_text())["checkpoint"]
+    predicted = CheckpointLabeler(get_task("SST-2"), checkpoint, tokenizer(), 32).predict(generation)
+    assert sorted(["dev", i] for i, (p, x) in enumerate(zip(predicted, generation)) if str(p) != x["label"]) == \
         sorted(first["mistake_rows"])
-    assert sum(p["prediction"] == p["label"] for p in preds) / 30 == pytest.approx(first["round_best_score"])
     result = json.loads((out / "result.json").read_text())
     assert result["runs"] == 4 + 2 + 2 and result["heldout_score"] is not None
     assert (out / "rounds.md").read_text().count("\n| ") == 2 and "held-out score" in (out / "rounds.md").read_text()
