@@ -95,7 +95,8 @@ def hold_lock(folder, seconds):
     """A process holding `folder`'s lock (as a running trial does) for `seconds`; returns once it holds it."""
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
                                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(float(sys.argv[2]))",
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True)\n"
+                               "time.sleep(float(sys.argv[2]))",
                                str(folder / ".bort.lock"), str(seconds)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder

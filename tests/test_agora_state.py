@@ -1,46 +1,22 @@
 """Agora's driver on fake trials (a stand-in for finetune_bort.main that writes a real tiny task checkpoint and a
 result set in a blink): rounds, both pruning rules, a replay and resume in CI time, and the trust it puts in what
 it finds on disk (issue #24, item 3): commands, checksums, paths and the structure of every state file."""
-import argparse
 import json
 import os
-import sys
 
 import bort  # noqa: F401
 import pytest
 
 import finetune_bort
+from agora_fakes import fake_finetune, keyword_labeler
 from bort.agora.options import AgoraConfig
 from bort.agora.rounds import Agora, run_agora
 from bort.errors import BortError
-from bort.finetune.checkpoints import build_task_model, save_task_checkpoint, task_meta_path
 from bort.finetune.tasks import get_task
-from bort.io import file_sha256, write_json
-from bort.locking import file_digests
-from bort.model import get_config
+from bort.io import file_sha256
 from helpers import VOCAB_FLAGS
 
 SST2 = "test_data/glue/SST-2"
-
-
-def fake_finetune(argv):
-    """finetune_bort.main's stand-in: a tiny untrained SST-2 checkpoint and result.json (its files' digests);
-    score = f(lr, seed, training rows), so later rounds (more rows) score higher."""
-    p = argparse.ArgumentParser()
-    for flag in ("--output_dir", "--data_dir", "--task_name"):
-        p.add_argument(flag)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    args, _ = p.parse_known_args(argv)
-    task = get_task("SST-2")
-    model = build_task_model(task, get_config("bort_tiny", vocab_size=1005))
-    ckpt = os.path.join(args.output_dir, "model_bort_SST-2.params")
-    save_task_checkpoint(model, ckpt, task)
-    rows = len(task.read("train", args.data_dir))
-    score = 0.5 + 0.1 * args.seed + (0.2 if args.lr == 1e-3 else 0.0) + rows / 10000
-    write_json(os.path.join(args.output_dir, "result.json"), {
-        "score": score, "checkpoint": ckpt, "best_epoch": 1, "dev": {"dev": {"accuracy": score}},
-        "files": file_digests(args.output_dir, [ckpt, os.path.splitext(ckpt)[0] + ".json", task_meta_path(ckpt)])})
 
 
 @pytest.fixture
@@ -48,19 +24,10 @@ def fake_trials(monkeypatch):
     monkeypatch.setattr(finetune_bort, "main", fake_finetune)
 
 
-KEYWORD_LABELER = """import json, sys
-for line in sys.stdin:
-    words = set(json.loads(line)["text_a"].split())
-    print(json.dumps({"label": "1" if words & {"wonderful", "good", "lovely", "nice", "happy", "great"} else "0"}))
-"""
-
-
 @pytest.fixture
 def gold_labels(tmp_path):
     """An external labeler (a command) that gets the SST-2 fixture right from its keywords."""
-    script = tmp_path / "labeler.py"
-    script.write_text(KEYWORD_LABELER)
-    return f"{sys.executable} {script}"
+    return keyword_labeler(tmp_path)
 
 
 def config(tmp_path, labeler, theta=None, extra=(), **fields):

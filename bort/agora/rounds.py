@@ -18,7 +18,8 @@ inflated by data generated from the rows they are measured on.
 
 Layout of `<output_dir>`: `split.json` and `heldout/` (the held-out dev part, task format); `round_NN/data/`
 (D_k and E_sel in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each: bort.agora.grid.TrialRunner),
-`round_NN/generated.jsonl` and `round_NN/round.json` (written last: a round without it is rerun, its finished trials kept);
+`round_NN/generated.jsonl` and `round_NN/round.json` (written last: a round without it is rerun, its finished
+trials kept);
 `rounds.md` / `rounds.csv` (one row per round), `result.json` (final E_sel and held-out scores),
 `heldout_predictions.jsonl` (the final model's per-example held-out predictions). Every file read back on a resume
 is checked (bort.agora.state): structure, paths inside the output directory, trials' commands and checksums.
@@ -52,7 +53,8 @@ def predict_examples(task, checkpoint, examples_by_segment, tokenizer, max_len):
 def score_examples(task, checkpoint, examples_by_segment, tokenizer, max_len):
     """(metrics, main score, predictions) of a task checkpoint on labelled examples (the held-out part)."""
     predictions = predict_examples(task, checkpoint, examples_by_segment, tokenizer, max_len)
-    metrics = {seg: task.metrics(predictions[seg], task.gold(examples)) for seg, examples in examples_by_segment.items()}
+    metrics = {seg: task.metrics(predictions[seg], task.gold(examples))
+               for seg, examples in examples_by_segment.items()}
     return metrics, main_score(task, metrics), predictions
 
 
