@@ -121,12 +121,13 @@ def add_agora_flags(parser, max_rounds=AgoraConfig.max_rounds):
                         help="new examples per mistake (before duplicates go)")
     parser.add_argument("--heldout_fraction", type=float, default=AgoraConfig.heldout_fraction,
                         help="part of the official dev set held out from E (scores only the final model)")
-    parser.add_argument("--split_seed", type=int, default=AgoraConfig.split_seed, help="seed of the E / held-out split")
+    parser.add_argument("--split_seed", type=int, default=AgoraConfig.split_seed,
+                        help="seed of the E / held-out split (and, plus 7919, of E's E_gen / E_sel split)")
     parser.add_argument("--max_rounds", type=int, default=max_rounds)
     parser.add_argument("--max_replays", type=int, default=AgoraConfig.max_replays,
-                        help="replays per round when its best E score falls")
+                        help="replays per round when its best E_sel score falls")
     parser.add_argument("--replay_margin", type=float, default=AgoraConfig.replay_margin,
-                        help="replay a round whose best E score is below the previous round's plus this margin")
+                        help="replay a round whose best E_sel score is below the previous round's plus this margin")
 
 
 def parse_flags(parser, argv):
