@@ -1,5 +1,10 @@
-"""Process-level settings that must be fixed before MXNet is imported, and the process tree read from /proc."""
+"""Process-level settings that must be fixed before MXNet is imported, the process tree read from /proc, and
+child processes that die with their parent."""
+import ctypes
 import os
+import signal
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def available_cores():
@@ -121,3 +126,16 @@ def process_descendants(pid):
             found.append(child)
             todo.append(child)
     return found
+
+
+def die_with_parent(parent_pid):
+    """Linux: have the kernel kill this (child) process when its parent exits, even by `kill -9`; call it in the
+    child (a pool initializer, a Popen `preexec_fn`). The signal follows the parent *thread* that started the
+    child, so start children from a thread that outlives them. Elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)

@@ -7,7 +7,6 @@ a SIGTERM kills the running pool's workers, calls `cleanup()`, prints `message` 
 """
 import collections
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -17,26 +16,14 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from bort.errors import BortError
+from bort.runtime import die_with_parent
 
 _FORK_UNSAFE = ("mxnet", "torch", "tensorflow", "jax")
-_PR_SET_PDEATHSIG = 1
 _WORKER_STATE = {}
 
 
-def _die_with_parent(parent_pid):
-    """Linux: have the kernel kill this worker when the process that forked it exits, even by `kill -9`.
-    With a fork server the parent is the server, which itself exits when the main process goes."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: workers still stop when the pool is shut down
-        return
-    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _init_worker(function, state, parent_pid=None):
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)  # with a fork server the parent is the server, which exits with the main process
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
     _WORKER_STATE.clear()
     _WORKER_STATE.update(function=function, state=state)

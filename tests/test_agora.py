@@ -4,13 +4,16 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 import finetune_bort
+from bort.agora import grid
 from bort.agora.grid import TrialRunner, read_grid, trials
 from bort.agora.options import AgoraConfig
 from bort.errors import BortError
+from bort.runtime import process_alive
 
 FINETUNE_ARGS = ["--data_dir", "test_data/glue/WNLI", "--pretrained_parameters", "none", "--model_config",
                  "bort_tiny", "--vocab_json", "test_data/vocab/vocab.json", "--merges", "test_data/vocab/merges.txt",
@@ -66,19 +69,54 @@ def test_in_process_trials_are_recorded_as_processes(tmp_path, monkeypatch):
     assert status["returncode"] == 1 and status["error"] == "RuntimeError: boom"
     log = (tmp_path / "crash" / "log.txt").read_text()
     assert "Traceback" in log and "about to crash" in log
-    # another run holds the folder: the trial fails as a process would, with the lock's one-line error
+    # another run holds the folder: the driver waits for it, then stops in one line, recording nothing (it used
+    # to record the trial as failed and overwrite its log)
+    monkeypatch.setattr(grid, "LOCK_WAIT_SECONDS", 1.0)
     (tmp_path / "held").mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
-                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
-                               str(tmp_path / "held" / ".bort.lock")], stdout=subprocess.PIPE, text=True)
+    (tmp_path / "held" / "log.txt").write_text("the running trial's log\n")
+    holder = hold_lock(tmp_path / "held", seconds=60)
     try:
-        assert holder.stdout.readline().strip() == "held"
-        status = runner.run(str(tmp_path / "held"), {}, 999)
+        with pytest.raises(BortError, match="held by another run"):
+            runner.run(str(tmp_path / "held"), {}, 999)
     finally:
         holder.kill()
         holder.wait()
-    assert status["returncode"] == 2 and "is in use by another run" in status["error"]
+    assert (tmp_path / "held" / "log.txt").read_text() == "the running trial's log\n"
+    assert not (tmp_path / "held" / "status.json").exists()
+    # a holder that dies while the trial waits (a killed driver's trial): its lock is reclaimed, the trial runs
+    monkeypatch.setattr(grid, "LOCK_WAIT_SECONDS", 30.0)
+    holder = hold_lock(tmp_path / "held", seconds=1)
+    status = runner.run(str(tmp_path / "held"), {}, 999)
+    holder.wait()
+    assert status["returncode"] == 1 and status["error"] == "RuntimeError: boom"
+
+
+def hold_lock(folder, seconds):
+    """A process holding `folder`'s lock (as a running trial does) for `seconds`; returns once it holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True)\n"
+                               "time.sleep(float(sys.argv[2]))",
+                               str(folder / ".bort.lock"), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_trial_dies_with_its_driver(tmp_path):
+    """kill -9 of the driver (scripts/agora.py) takes its running trial down too (it used to be orphaned)."""
+    driver = subprocess.Popen([sys.executable, "-c", "import os, sys\n"
+                               "from bort.agora.grid import start_trial\n"
+                               "trial = start_trial([sys.executable, '-c', 'import time; time.sleep(120)'], "
+                               "open(os.devnull, 'w'))\n"
+                               "print(trial.pid, flush=True); trial.wait()"], stdout=subprocess.PIPE, text=True)
+    trial = int(driver.stdout.readline())
+    assert process_alive(trial)
+    driver.kill()
+    driver.wait()
+    deadline = time.time() + 10
+    while process_alive(trial) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(trial)
 
 
 @pytest.mark.slow

@@ -19,7 +19,8 @@ from bort.agora import generators as augment
 from bort.agora.grid import inference_command
 from bort.paths import FINETUNE_CLI
 from bort.agora.data_files import raw_label, split_dev, write_examples
-from bort.agora.rounds import Labeler, prune
+from bort.agora.labelers import CheckpointLabeler
+from bort.agora.pruning import prune
 from bort.errors import BortError, run_cli
 from bort.finetune.checkpoints import build_task_model, save_task_checkpoint
 from bort.weights.checkpoint import save_parameters
@@ -158,7 +159,7 @@ def test_a_weak_trained_model_is_refused_in_one_line(tmp_path):
     model.head.out.bias.set_data(mx.nd.array([5.0, -5.0]))  # always "0": half the fixture dev set
     weak = tmp_path / "weak" / "model_bort_SST-2.params"
     save_task_checkpoint(model, str(weak), task)
-    labeler = Labeler(task, str(weak), tok, 32)
+    labeler = CheckpointLabeler(task, str(weak), tok, 32)
     assert labeler.predict(task.read("dev", "test_data/glue/SST-2")[:3]) == [0, 0, 0]
     proc = subprocess.run([sys.executable, "scripts/agora.py", "--algorithm", "agora", "--task_name", "SST-2",
                            "--output_dir", str(tmp_path / "out"), "--teacher_parameters", str(weak), "--",
@@ -166,7 +167,7 @@ def test_a_weak_trained_model_is_refused_in_one_line(tmp_path):
                           timeout=300)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {weak}: the trained model's dev accuracy is 0.5")
+    assert len(lines) == 1 and lines[0].startswith(f"error: {weak}: the trained model's official score on E is 0.5")
     assert "2/3" in lines[0] and not (tmp_path / "out" / "round_01").exists()
 
 
@@ -236,16 +237,22 @@ def test_agora_two_rounds_with_pruning_replay_and_resume(tmp_path, teacher, caps
     train2 = get_task("SST-2").read("train", str(out / "round_02" / "data"))
     assert len(train2) == 24 + len(generated)
     assert [x["text_a"] for x in train2[24:]] == [x["text_a"] for x in generated]
-    labels = Labeler(get_task("SST-2"), str(teacher), tokenizer(), 32).predict(generated)
+    labels = CheckpointLabeler(get_task("SST-2"), str(teacher), tokenizer(), 32).predict(generated)
     assert [x["label"] for x in generated] == [raw_label(get_task("SST-2"), k) for k in labels]
-    # mistakes are the best model's wrong E predictions, from its dev_predictions.jsonl
+    # the runs select on E_sel (their dev set); mistakes are the best model's wrong predictions on E_gen
     best_dir = out / "round_01" / first["round_best_trial"]
     assert json.loads((best_dir / "status.json").read_text())["in_process"]
     preds = [json.loads(x) for x in (best_dir / "dev_predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 30  # E: 40 dev rows less 10 held out
-    assert sorted([p["segment"], p["row"]] for p in preds if p["prediction"] != p["label"]) == \
+    split = json.loads((out / "split.json").read_text())["segments"]["dev"]
+    assert len(preds) == len(split["E_selection"]) == 30 - len(split["E_generation"])  # E: 40 dev rows less 10
+    assert 12 <= len(preds) <= 18  # about half of E selects (stratified by label)
+    assert sum(p["prediction"] == p["label"] for p in preds) / len(preds) == pytest.approx(first["round_best_score"])
+    dev = {x["where"]: x for x in get_task("SST-2").read("dev", str(data))}
+    generation = [dev[w] for w in split["E_generation"]]
+    checkpoint = json.loads((best_dir / "result.json").read_text())["checkpoint"]
+    predicted = CheckpointLabeler(get_task("SST-2"), checkpoint, tokenizer(), 32).predict(generation)
+    assert sorted(["dev", i] for i, (p, x) in enumerate(zip(predicted, generation)) if str(p) != x["label"]) == \
         sorted(first["mistake_rows"])
-    assert sum(p["prediction"] == p["label"] for p in preds) / 30 == pytest.approx(first["round_best_score"])
     result = json.loads((out / "result.json").read_text())
     assert result["runs"] == 4 + 2 + 2 and result["heldout_score"] is not None
     assert (out / "rounds.md").read_text().count("\n| ") == 2 and "held-out score" in (out / "rounds.md").read_text()

@@ -10,8 +10,9 @@ by the dev score, best first. The settings come from a GridConfig (bort.agora.op
 import contextlib
 import csv
 import dataclasses
+import fcntl
+import functools
 import itertools
-import json
 import logging
 import os
 import queue
@@ -22,11 +23,14 @@ import time
 import traceback
 
 from bort.errors import BortError, run_cli
-from bort.io import atomic_write, read_json, write_json
-from bort.locking import owned_directory
+from bort.agora.state import read_result, read_status, trial_trust
+from bort.io import atomic_write, file_sha256, read_json, write_json
+from bort.locking import LOCK_NAME, owned_directory
 from bort.paths import AGORA_GRIDS, FINETUNE_CLI
+from bort.runtime import die_with_parent
 
 CPU = 999  # finetune_bort.py's --gpu for the CPU
+LOCK_WAIT_SECONDS = 60.0  # how long a trial waits for another process to let go of its folder
 
 
 def grid_path(task_name, explicit=None):
@@ -56,12 +60,11 @@ def trials(grid):
 
 
 def trial_status(folder):
+    """pending (no folder), incomplete (interrupted), failed (recorded as failed) or done (result.json exists)."""
     if os.path.isfile(os.path.join(folder, "result.json")):
         return "done"
-    status = os.path.join(folder, "status.json")
-    if os.path.isfile(status):
-        with open(status, encoding="utf-8") as handle:
-            recorded = json.load(handle).get("status")
+    if os.path.isfile(os.path.join(folder, "status.json")):
+        recorded = read_status(folder)["status"]
         return "failed" if recorded == "failed" else "incomplete"  # running/done without a result: interrupted
     return "incomplete" if os.path.isdir(folder) else "pending"
 
@@ -76,7 +79,8 @@ def last_error_line(log_path):
 def search(config):
     """Run (or resume) the grid of a GridConfig (bort.agora.options); returns the sorted result rows."""
     all_trials = list(trials(read_grid(grid_path(config.task_name, config.grid))))
-    TrialRunner.of(config).run_pending(all_trials, config.output_dir, retry_failed=config.retry_failed)
+    TrialRunner.of(config).run_pending(all_trials, config.output_dir, retry_failed=config.retry_failed,
+                                       rerun_changed=config.rerun_changed)
     rows = collect(config.output_dir, all_trials)
     write_tables(config.output_dir, rows)
     return rows
@@ -122,6 +126,7 @@ class TrialRunner:
     def run(self, folder, setting, device, data_dir=None):
         """One trial in `folder`; returns its status record (also written to status.json)."""
         os.makedirs(folder, exist_ok=True)
+        wait_for_lock(folder)  # a trial of a killed driver may still be dying: never overwrite its log under it
         command = self.command(folder, setting, device, data_dir)
         record = {"command": command, "device": device}
         if self.in_process:
@@ -133,22 +138,33 @@ class TrialRunner:
             if self.in_process:
                 code = run_in_process(command[2:], folder, log)
             else:
-                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+                code = start_trial(command, log).wait()
         status = dict(record, status="done" if code == 0 else "failed", returncode=code, seconds=time.time() - tic)
         if code != 0:
             status["error"] = last_error_line(log_path)
+        elif os.path.isfile(os.path.join(folder, "result.json")):  # the result set's manifest, checked on resume
+            status["result_sha256"] = file_sha256(os.path.join(folder, "result.json"))
         write_json(os.path.join(folder, "status.json"), status)
         if code == 130 and self.in_process:  # Ctrl-C reached the trial: it stops the search, as it would a process
             raise KeyboardInterrupt
         return status
 
-    def run_pending(self, all_trials, output_dir, data_dir=None, retry_failed=False, label="agora"):
-        """Run the trials of `all_trials` ([(name, setting)]) that have no result in `output_dir`."""
+    def run_pending(self, all_trials, output_dir, data_dir=None, retry_failed=False, rerun_changed=False,
+                    label="agora"):
+        """Run the trials of `all_trials` ([(name, setting)]) that have no result in `output_dir`. A recorded
+        trial is reused only when its command (the flags) is this one's and its result set is unchanged
+        (`bort.agora.state.trial_trust`); otherwise one-line BortError, or a rerun with `rerun_changed`."""
         todo = []
         for name, setting in all_trials:
-            status = trial_status(os.path.join(output_dir, name))
-            if status == "done" or (status == "failed" and not retry_failed):
-                continue
+            folder = os.path.join(output_dir, name)
+            status = trial_status(folder)
+            if status in ("done", "failed"):
+                distrust = trial_trust(folder, self.command(folder, setting, CPU, data_dir))
+                if distrust and not rerun_changed:
+                    raise BortError(f"{folder}: recorded trial not reused: {distrust}; rerun with --rerun_changed "
+                                    f"to run it again, or choose a new --output_dir")
+                if not distrust and (status == "done" or not retry_failed):
+                    continue
             todo.append((name, setting))
         print(f"{label}: {len(all_trials)} trials, {len(all_trials) - len(todo)} already recorded, {len(todo)} to "
               f"run", flush=True)
@@ -175,6 +191,37 @@ class TrialRunner:
             thread.start()
         for thread in threads:
             thread.join()
+
+
+def start_trial(command, log):
+    """The trial's process (output to the open file `log`); the kernel kills it when this process dies, even by
+    `kill -9`, so a killed driver leaves no orphan holding the trial's folder."""
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
+
+
+def wait_for_lock(folder, timeout=None):
+    """Wait until no process holds `folder`'s lock (bort.locking), e.g. the trial of a killed driver that the
+    kernel is still taking down; one-line BortError after `timeout` seconds (another driver runs it)."""
+    path = os.path.join(folder, LOCK_NAME)
+    timeout = LOCK_WAIT_SECONDS if timeout is None else timeout
+    deadline = time.time() + timeout
+    while os.path.exists(path):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return  # free: a dead owner's file, reclaimed by the trial's own lock
+        except OSError:
+            if time.time() > deadline:
+                raise BortError(f"{folder}: the trial is held by another run for over {timeout:.0f} s (another "
+                                f"scripts/agora.py on this --output_dir?); wait for it or choose another "
+                                f"--output_dir") from None
+        finally:
+            os.close(fd)
+        time.sleep(0.2)
 
 
 def run_in_process(argv, folder, log):
@@ -216,15 +263,13 @@ def collect(output_dir, all_trials):
                "best_epoch": None, "checkpoint": "", "error": ""}
         result_path = os.path.join(folder, "result.json")
         if row["status"] == "done" and os.path.isfile(result_path):
-            with open(result_path, encoding="utf-8") as handle:
-                result = json.load(handle)
+            result = read_result(folder)
             row.update(score=result.get("score"), best_epoch=result.get("best_epoch"),
                        checkpoint=result.get("checkpoint") or "",
                        metrics="; ".join(f"{seg}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items())
                                          for seg, m in result.get("dev", {}).items()))
         elif row["status"] == "failed":
-            with open(os.path.join(folder, "status.json"), encoding="utf-8") as handle:
-                row["error"] = json.load(handle).get("error", "")
+            row["error"] = str(read_status(folder).get("error", ""))
         rows.append(row)
     rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0)))
     return rows

@@ -1,21 +1,28 @@
 """Agora, the algorithm (de Wynter, arXiv 2010.07990, and the author's notes "Bort: Algorithms and Applications").
 
-Inputs: the model to fine-tune (the flags after `--`), a trained model of the task with dev accuracy >= 2/3
-(`--teacher_parameters`), generating functions (bort.agora.generators), the training set D, the evaluation set E (a seeded
-part of the official dev set; the rest is held out and only scores the final model) and Θ (the grid file).
+Inputs: the model to fine-tune (the flags after `--`), a trained model of the task (the labeler,
+bort.agora.labelers: official score on E >= 2/3 and above the majority class's), generating functions
+(bort.agora.generators), the training set D, the evaluation set E (a seeded part of the official dev set; the rest
+is held out and only scores the final model) and Θ (the grid file). E is split again (seeded, --selection_fraction):
+E_sel picks everything (each run's epoch: it is the runs' dev set; the round's best trial; the best model across
+rounds; replays) and E_gen only provides the mistakes that drive generation, so the selection scores are not
+inflated by data generated from the rows they are measured on.
 
-    round k:  fine-tune once per θ in Θ_k on D_k (finetune_bort.py runs, dev = E); keep the best model seen
-              in any round; collect the E examples it gets wrong (argmax != gold); generate variants of them and
-              label the variants with the trained model; D_{k+1} = D_k + variants; Θ_{k+1} = prune(Θ_k);
-              stop when Θ_{k+1} is empty (or after --max_rounds).
-    replay:   when a round's best E score falls below the previous round's (plus --replay_margin), the round is
+    round k:  fine-tune once per θ in Θ_k on D_k (finetune_bort.py runs, dev = E_sel); keep the best model seen
+              in any round; collect the E_gen examples it gets wrong (argmax != gold); generate variants of them
+              and label the variants with the labeler; D_{k+1} = D_k + variants; Θ_{k+1} = prune(Θ_k)
+              (bort.agora.pruning); stop when Θ_{k+1} is empty (or after --max_rounds).
+    replay:   when a round's best E_sel score falls below the previous round's (plus --replay_margin), the round is
               rolled back (its folder kept as round_NN.replayR) and redone on data generated with a new generator
               seed, at most --max_replays times per round.
 
 Layout of `<output_dir>`: `split.json` and `heldout/` (the held-out dev part, task format); `round_NN/data/`
-(D_k and E in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each: bort.agora.grid.TrialRunner),
-`round_NN/generated.jsonl` and `round_NN/round.json` (written last: a round without it is rerun, its finished trials kept);
-`rounds.md` / `rounds.csv` (one row per round), `result.json` (final E and held-out scores).
+(D_k and E_sel in the task's format), `round_NN/<trial>/` (one finetune_bort.py run each: bort.agora.grid.TrialRunner),
+`round_NN/generated.jsonl` and `round_NN/round.json` (written last: a round without it is rerun, its finished
+trials kept);
+`rounds.md` / `rounds.csv` (one row per round), `result.json` (final E_sel and held-out scores),
+`heldout_predictions.jsonl` (the final model's per-example held-out predictions). Every file read back on a resume
+is checked (bort.agora.state): structure, paths inside the output directory, trials' commands and checksums.
 """
 import csv
 import json
@@ -24,82 +31,31 @@ import os
 import numpy as np
 
 from bort.agora import generators as augment
-from bort.agora.grid import TrialRunner, collect, grid_path, inference_command, read_grid, trials
 from bort.agora.data_files import check_supported, label_index, raw_label, split_dev, write_examples
+from bort.agora.grid import CPU, TrialRunner, collect, grid_path, inference_command, read_grid, trials
+from bort.agora.labelers import CheckpointLabeler, check_labeler, make_labeler
+from bort.agora.pruning import prune
+from bort.agora.state import INTEGER, LIST, NUMBER, OBJECT, TEXT, check_fields, inside, read_record, read_result, \
+    trial_trust
 from bort.errors import BortError
-from bort.io import atomic_write, read_json, write_json
 from bort.finetune.tasks import get_task, main_score
+from bort.io import atomic_write, read_jsonl, write_json
 
-MIN_TEACHER_ACCURACY = 2.0 / 3.0
-
-
-# ---- Θ --------------------------------------------------------------------------------------------------
-def common_prefix(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+SELECTION_SEED_OFFSET = 7919  # E's generation / selection split uses --split_seed + this
 
 
-def prune(scored):
-    """Θ_{k+1} from [(name, setting, score)]: sort by score (best first); find the longest common sequence of
-    values, rooted at the first hyperparameter (a common prefix in the grid file's key order), that any two sets
-    share; of each group of sets sharing such a prefix keep only the best. At least one set goes per round; a
-    single set left is removed (Θ empty: stop). Failed trials (score None) rank last."""
-    ranked = sorted(scored, key=lambda t: (t[2] is None, -(t[2] if t[2] is not None else 0.0), t[0]))
-    if len(ranked) <= 1:
-        return []
-    values = [tuple(str(v) for v in setting.values()) for _, setting, _ in ranked]
-    longest = max(common_prefix(values[i], values[j]) for i in range(len(values)) for j in range(i + 1, len(values)))
-    groups = {}
-    for item, seq in zip(ranked, values):
-        groups.setdefault(seq[:longest], []).append(item)
-    keep = {group[0][0] for group in groups.values()}
-    return [item for item in ranked if item[0] in keep]
+def predict_examples(task, checkpoint, examples_by_segment, tokenizer, max_len):
+    """{segment: [predicted label index]} of a task checkpoint."""
+    model = CheckpointLabeler(task, checkpoint, tokenizer, max_len)
+    return {segment: model.predict(examples) for segment, examples in examples_by_segment.items()}
 
 
-# ---- the trained model (labeler) -----------------------------------------------------------------------
-class Labeler:
-    def __init__(self, task, path, tokenizer, max_len, batch_size=32):
-        from bort.finetune.checkpoints import load_task_checkpoint
-
-        self.task, self.path, self.tokenizer, self.max_len, self.batch_size = task, path, tokenizer, max_len, \
-            batch_size
-        self.model = load_task_checkpoint(path, task)
-
-    def predict(self, examples):
-        from bort.finetune.predict import predict_outputs
-
-        instances = self.task.encode(examples, self.tokenizer, self.max_len)
-        outputs = predict_outputs(self.task, self.model, instances, self.tokenizer.pad_id, self.batch_size)
-        return self.task.predict(examples, instances, outputs)
-
-    def check(self, dev_by_segment):
-        """Dev accuracy over every official dev example; one-line error below 2/3."""
-        examples = [ex for exs in dev_by_segment.values() for ex in exs]
-        preds = self.predict(examples)
-        gold = [label_index(self.task, ex) for ex in examples]
-        accuracy = float(np.mean(np.asarray(preds) == np.asarray(gold)))
-        if accuracy < MIN_TEACHER_ACCURACY:
-            raise BortError(f"{self.path}: the trained model's dev accuracy is {accuracy:.4f}, below the 2/3 Agora "
-                            f"needs (--teacher_parameters: a stronger {self.task.name} checkpoint)")
-        return accuracy
-
-
-def score_examples(task, checkpoint, examples_by_segment, tokenizer, max_len, batch_size=32):
-    """Metrics and main score of a task checkpoint on labelled examples (the held-out part)."""
-    from bort.finetune.checkpoints import load_task_checkpoint
-    from bort.finetune.predict import predict_outputs
-
-    model = load_task_checkpoint(checkpoint, task)
-    metrics = {}
-    for segment, examples in examples_by_segment.items():
-        instances = task.encode(examples, tokenizer, max_len)
-        outputs = predict_outputs(task, model, instances, tokenizer.pad_id, batch_size)
-        metrics[segment] = task.metrics(task.predict(examples, instances, outputs), task.gold(examples))
-    return metrics, main_score(task, metrics)
+def score_examples(task, checkpoint, examples_by_segment, tokenizer, max_len):
+    """(metrics, main score, predictions) of a task checkpoint on labelled examples (the held-out part)."""
+    predictions = predict_examples(task, checkpoint, examples_by_segment, tokenizer, max_len)
+    metrics = {seg: task.metrics(predictions[seg], task.gold(examples))
+               for seg, examples in examples_by_segment.items()}
+    return metrics, main_score(task, metrics), predictions
 
 
 # ---- the driver -----------------------------------------------------------------------------------------
@@ -144,6 +100,13 @@ class Agora:
         split = split_dev(self.task, official_dev, config.heldout_fraction, config.split_seed)
         self.evaluation = {seg: e for seg, (e, _) in split.items()}
         self.heldout = {seg: h for seg, (_, h) in split.items() if h}
+        if config.selection_fraction > 0:
+            parts = split_dev(self.task, self.evaluation, config.selection_fraction,
+                              config.split_seed + SELECTION_SEED_OFFSET)
+            self.generation = {seg: g for seg, (g, _) in parts.items()}
+            self.selection = {seg: sel for seg, (_, sel) in parts.items()}
+        else:  # the paper's single dev set: E both drives generation and selects
+            self.generation = self.selection = self.evaluation
         self._write_split(split)
         self.theta0 = list(trials(read_grid(grid_path(config.task_name, config.grid))))
         names = [n for n, _ in self.theta0]
@@ -156,20 +119,25 @@ class Agora:
             mlm = load_model(config.mlm_parameters, config=self.options.model_config, use_decoder=True)
             self.mlm = augment.MlmReplacer(mlm, self.tokenizer)
         self.functions = augment.make_generators(config.generators, self.mlm)
-        self.labeler = Labeler(self.task, config.teacher_parameters, self.tokenizer, self.options.max_len)
-        self.teacher_accuracy = self.labeler.check(official_dev)
-        print(f"agora: trained model {config.teacher_parameters}: dev accuracy {self.teacher_accuracy:.4f}; "
-              f"|D|={len(self.train)}, |E|={sum(map(len, self.evaluation.values()))}, "
-              f"held out={sum(map(len, self.heldout.values()))}, |Θ|={len(self.theta0)}", flush=True)
+        self.labeler = make_labeler(config, self.task, self.tokenizer, self.options.max_len)
+        self.labeler_score, self.majority_score = check_labeler(self.labeler, self.task, self.evaluation)
+        count = lambda part: sum(map(len, part.values()))  # noqa: E731
+        print(f"agora: labeler {self.labeler.name}: official score on E {self.labeler_score:.4f} (majority class "
+              f"{self.majority_score:.4f}); |D|={len(self.train)}, |E|={count(self.evaluation)} (selects: "
+              f"{count(self.selection)}, generates: {count(self.generation)}), held out={count(self.heldout)}, "
+              f"|Θ|={len(self.theta0)}", flush=True)
 
     def _write_split(self, split):
+        rows = lambda examples: [ex["where"] for ex in examples]  # noqa: E731
         record = {"seed": self.config.split_seed, "heldout_fraction": self.config.heldout_fraction,
-                  "segments": {seg: {"E": [ex["where"] for ex in e], "heldout": [ex["where"] for ex in h]}
-                               for seg, (e, h) in split.items()}}
+                  "selection_fraction": self.config.selection_fraction,
+                  "segments": {seg: {"E": rows(e), "heldout": rows(h), "E_generation": rows(self.generation[seg]),
+                                     "E_selection": rows(self.selection[seg])} for seg, (e, h) in split.items()}}
         path = os.path.join(self.out, "split.json")
-        if os.path.isfile(path) and read_json(path)["segments"] != record["segments"]:
+        if os.path.isfile(path) and read_record(path, "Agora's dev split", {"segments": OBJECT})["segments"] != \
+                record["segments"]:
             raise BortError(f"{path}: this output folder was made with another dev split (--split_seed, "
-                            f"--heldout_fraction or data); use a new --output_dir")
+                            f"--heldout_fraction, --selection_fraction or data); use a new --output_dir")
         write_json(path, record)
         for seg, examples in self.heldout.items():
             write_examples(self.task, seg, examples, os.path.join(self.out, "heldout"))
@@ -181,22 +149,15 @@ class Agora:
     def write_round_data(self, k, train):
         folder = os.path.join(self.round_dir(k), "data")
         write_examples(self.task, self.task.train_segment, train, folder)
-        for seg, examples in self.evaluation.items():
+        for seg, examples in self.selection.items():
             write_examples(self.task, seg, examples, folder)
         return folder
 
-    def mistakes(self, trial_folder):
-        """[segment, row] of the E examples the model of a finished trial gets wrong (its dev_predictions.jsonl)."""
-        path = os.path.join(trial_folder, "dev_predictions.jsonl")
-        if not os.path.isfile(path):
-            raise BortError(f"{path}: not found; the trial's finetune_bort.py did not write dev predictions")
-        wrong = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
-                if record["prediction"] != record["label"]:
-                    wrong.append([record["segment"], record["row"]])
-        return wrong
+    def mistakes(self, checkpoint):
+        """[segment, row] of the E_gen examples a model gets wrong (row: index in E_gen's segment)."""
+        predictions = predict_examples(self.task, checkpoint, self.generation, self.tokenizer, self.options.max_len)
+        return [[seg, row] for seg, examples in self.generation.items()
+                for row, (p, gold) in enumerate(zip(predictions[seg], self.task.gold(examples))) if p != gold]
 
     def generate(self, k, replay, mistakes, train):
         """Variants of round k's mistakes, labelled by the trained model; `replay` > 0: the regeneration for the
@@ -223,7 +184,8 @@ class Agora:
         while theta and k <= config.max_rounds:
             folder = self.round_dir(k)
             data_dir = self.write_round_data(k, train)
-            self.runner.run_pending(theta, folder, data_dir=data_dir, label=f"agora round {k}")
+            self.runner.run_pending(theta, folder, data_dir=data_dir, rerun_changed=config.rerun_changed,
+                                    label=f"agora round {k}")
             rows = collect(folder, theta)
             scored = [(r["trial"], dict(t[1]), r["score"]) for t in theta for r in rows if r["trial"] == t[0]]
             done = [r for r in rows if r["score"] is not None]
@@ -240,7 +202,7 @@ class Agora:
                     replay += 1
                 os.replace(folder, f"{folder}.replay{replay}")
                 state["replays"][str(k)] = replays + 1
-                mistakes = [self.evaluation[s][r] for s, r in previous["mistake_rows"]]
+                mistakes = [self.generation[s][r] for s, r in previous["mistake_rows"]]
                 kept = state["generated"][:previous["generated_before"]]
                 new = self.generate(k - 1, replays + 1, mistakes, list(self.train) + kept)
                 self.write_generated(self.round_dir(k - 1), new)
@@ -256,9 +218,9 @@ class Agora:
             if state["best"] is None or best_round["score"] > state["best"]["score"]:
                 state["best"] = {"score": best_round["score"], "checkpoint": best_round["checkpoint"], "round": k,
                                  "trial": best_round["trial"], "folder": os.path.join(folder, best_round["trial"])}
-            rows_wrong = self.mistakes(state["best"]["folder"])
-            wrong = [self.evaluation[s][r] for s, r in rows_wrong]
-            next_theta = prune(scored) if k < config.max_rounds else []
+            rows_wrong = self.mistakes(state["best"]["checkpoint"])
+            wrong = [self.generation[s][r] for s, r in rows_wrong]
+            next_theta = prune(scored, config.prune_rule) if k < config.max_rounds else []
             generated_before = len(state["generated"])
             new = self.generate(k, 0, wrong, train) if next_theta else []  # replays of round k+1 use 1, 2, ...
             self.write_generated(folder, new)
@@ -285,27 +247,73 @@ class Agora:
         return os.path.join(self.out, "agora_state.json")
 
     def load_state(self):
-        """Rounds recorded by round.json files; a round without one (interrupted) is rerun."""
+        """Rounds recorded by round.json files; a round without one (interrupted) is rerun. Every file read is
+        checked (bort.agora.state) and the best trials' result sets must be the ones their runs wrote."""
         state = {"rounds": [], "generated": [], "theta": None, "best": None, "replays": {}}
         if os.path.isfile(self.state_path()):
-            saved = read_json(self.state_path(), "Agora's state")
-            state["replays"] = saved.get("replays", {})
+            saved = read_record(self.state_path(), "Agora's state", {"replays": OBJECT})
+            check_fields(saved["replays"], {k: INTEGER for k in saved["replays"]}, f"{self.state_path()}: 'replays'")
+            state["replays"] = saved["replays"]
+        names = [n for n, _ in self.theta0]
         k = 1
         while os.path.isfile(os.path.join(self.round_dir(k), "round.json")):
-            record = read_json(os.path.join(self.round_dir(k), "round.json"), "a finished Agora round")
+            path = os.path.join(self.round_dir(k), "round.json")
+            record = read_record(path, "a finished Agora round", ROUND_RECORD)
+            allowed = names if state["theta"] is None else state["theta"]
+            for field, members, within in (("theta", record["theta"], allowed),
+                                           ("next_theta", record["next_theta"], record["theta"]),
+                                           ("round_best_trial", [record["round_best_trial"]], record["theta"])):
+                if not all(isinstance(m, str) and m in within for m in members):
+                    raise BortError(f"{path}: field {field!r}: expected names of this round's Θ (the grid's "
+                                    f"settings), found {members!r:.80}")
+            for row in record["mistake_rows"]:
+                if not (isinstance(row, list) and len(row) == 2 and row[0] in self.generation and
+                        isinstance(row[1], int) and 0 <= row[1] < len(self.generation[row[0]])):
+                    raise BortError(f"{path}: field 'mistake_rows': expected [segment, row of E_gen], found {row!r}")
             state["rounds"].append(record)
-            with open(os.path.join(self.round_dir(k), "generated.jsonl"), encoding="utf-8") as handle:
-                state["generated"] += [json.loads(line) for line in handle if line.strip()]
-            folder = os.path.join(self.round_dir(k), record["round_best_trial"])
+            state["generated"] += self.read_generated(os.path.join(self.round_dir(k), "generated.jsonl"))
             if state["best"] is None or record["round_best_score"] > state["best"]["score"]:
-                result = read_json(os.path.join(folder, "result.json"), "a trial result")
-                state["best"] = {"score": record["round_best_score"], "checkpoint": result["checkpoint"],
-                                 "round": k, "trial": record["round_best_trial"], "folder": folder}
+                state["best"] = self.recorded_best(k, record)
             state["theta"] = record["next_theta"]
             k += 1
         if state["rounds"]:
             print(f"agora: resuming after round {len(state['rounds'])}", flush=True)
         return state
+
+    def recorded_best(self, k, record):
+        """The best trial of a finished round, trusted only when it is unchanged since its run."""
+        folder = inside(self.out, os.path.join(self.round_dir(k), record["round_best_trial"]),
+                        f"{self.round_dir(k)}/round.json: field 'round_best_trial'")
+        setting = dict(self.theta0)[record["round_best_trial"]]
+        distrust = trial_trust(folder, self.runner.command(folder, setting, CPU, os.path.join(self.round_dir(k),
+                                                                                               "data")))
+        if distrust:
+            raise BortError(f"{folder}: the best trial of finished round {k} cannot be trusted: {distrust}; use a "
+                            f"new --output_dir")
+        result = read_result(folder)
+        if result["score"] != record["round_best_score"]:
+            raise BortError(f"{folder}/result.json: score {result['score']} differs from round.json's "
+                            f"round_best_score {record['round_best_score']}")
+        return {"score": record["round_best_score"], "checkpoint": result["checkpoint"], "round": k,
+                "trial": record["round_best_trial"], "folder": folder}
+
+    def read_generated(self, path):
+        """A round's generated examples, each with the task's text fields and a label the task knows."""
+        out = []
+        if os.path.isfile(path) and os.path.getsize(path) == 0:  # a round that generated nothing
+            return out
+        for number, record in read_jsonl(path):
+            where = f"{path}:{number}"
+            try:
+                fields = augment.text_fields(self.task, record)
+                texts = [augment.get_field(record, f) for f in fields]
+            except (KeyError, IndexError, TypeError):
+                raise BortError(f"{where}: expected the task's text fields") from None
+            if not all(isinstance(t, str) for t in texts):
+                raise BortError(f"{where}: expected text (strings) in the fields {fields}")
+            self.task.label_index(record.get("label"), where)
+            out.append(record)
+        return out
 
     def save_state(self, state, theta):
         write_json(self.state_path(), {"replays": state["replays"], "theta": [n for n, _ in theta],
@@ -316,29 +324,51 @@ class Agora:
         best = state["best"]
         heldout_metrics, heldout_score = ({}, None)
         if self.heldout:
-            heldout_metrics, heldout_score = score_examples(self.task, best["checkpoint"], self.heldout,
-                                                            self.tokenizer, self.options.max_len)
-        runs = sum(r["runs"] for r in state["rounds"]) + replayed_runs(self.out)
+            heldout_metrics, heldout_score, predictions = score_examples(self.task, best["checkpoint"], self.heldout,
+                                                                         self.tokenizer, self.options.max_len)
+            write_predictions(os.path.join(self.out, "heldout_predictions.jsonl"), self.task, self.heldout,
+                              predictions)
+        replayed, replayed_row_runs = replayed_runs(self.out, self.task)
+        runs = sum(r["runs"] for r in state["rounds"]) + replayed
         result = {"task": self.task.name, "rounds": len(state["rounds"]), "runs": runs,
-                  "teacher_accuracy": self.teacher_accuracy, "best": best, "E_score": best["score"],
+                  "row_runs": sum(r["runs"] * r["train_size"] for r in state["rounds"]) + replayed_row_runs,
+                  "teacher_accuracy": self.labeler_score, "labeler_majority_score": self.majority_score,
+                  "best": best, "E_score": best["score"],
                   "heldout_score": heldout_score, "heldout": heldout_metrics,
-                  "split": {"seed": self.config.split_seed, "heldout_fraction": self.config.heldout_fraction},
+                  "split": {"seed": self.config.split_seed, "heldout_fraction": self.config.heldout_fraction,
+                            "selection_fraction": self.config.selection_fraction},
+                  "prune_rule": self.config.prune_rule,
                   "generated": len(state["generated"]), "replays": state["replays"]}
         write_json(os.path.join(self.out, "result.json"), result)
         write_round_tables(self.out, state["rounds"], result)
         return result
 
 
-def replayed_runs(output_dir):
-    """Fine-tuning runs spent in rolled-back rounds (their folders are kept as round_NN.replayR)."""
-    count = 0
+def replayed_runs(output_dir, task):
+    """(runs, runs x training rows) spent in rolled-back rounds (their folders are kept as round_NN.replayR)."""
+    runs = row_runs = 0
     for name in sorted(os.listdir(output_dir)):
         if ".replay" in name and name.startswith("round_"):
             folder = os.path.join(output_dir, name)
-            count += sum(os.path.isfile(os.path.join(folder, t, "result.json")) for t in os.listdir(folder))
-    return count
+            done = sum(os.path.isfile(os.path.join(folder, t, "result.json")) for t in os.listdir(folder))
+            runs += done
+            if done:
+                row_runs += done * len(task.read(task.train_segment, os.path.join(folder, "data")))
+    return runs, row_runs
 
 
+def write_predictions(path, task, examples_by_segment, predictions):
+    """One JSON line per example: segment, row, where, gold label and prediction (class or choice indices)."""
+    with atomic_write(path) as handle:
+        for seg, examples in examples_by_segment.items():
+            for row, (ex, gold, pred) in enumerate(zip(examples, task.gold(examples), predictions[seg])):
+                handle.write(json.dumps({"segment": seg, "row": row, "where": ex["where"], "label": gold,
+                                         "prediction": int(pred)}) + "\n")
+
+
+ROUND_RECORD = {"round": INTEGER, "theta": LIST, "runs": INTEGER, "round_best_trial": TEXT,
+                "round_best_score": NUMBER, "train_size": INTEGER, "mistake_rows": LIST, "generated": INTEGER,
+                "generated_before": INTEGER, "next_theta": LIST}
 ROUND_FIELDS = ["round", "replays", "runs", "train_size", "round_best_trial", "round_best_score", "best_round",
                 "best_score", "mistakes", "generated"]
 
@@ -357,7 +387,7 @@ def write_round_tables(output_dir, rounds, result):
         handle.write(f"\nFinal model: round {result['best']['round']}, {result['best']['trial']}: E score "
                      f"{result['E_score']:.4f}, held-out score {held} (split seed {result['split']['seed']}, "
                      f"held-out fraction {result['split']['heldout_fraction']}); {result['runs']} fine-tuning "
-                     f"runs; trained model's dev accuracy {result['teacher_accuracy']:.4f}.\n")
+                     f"runs; labeler's official score on E {result['teacher_accuracy']:.4f}.\n")
 
 
 def run_agora(config):
