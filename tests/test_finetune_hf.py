@@ -60,3 +60,27 @@ def test_hf_encoder_keeps_bert_pooler(minilm_dir):
     config, arrays, pooler = hf_encoder(minilm_dir)
     assert (config.family, config.num_layers, config.units, config.token_type_vocab_size) == ("bert", 6, 384, 2)
     assert pooler["weight"].shape == (384, 384) and not any(n.startswith("decoder.") for n in arrays)
+
+
+def test_cpu_inference_gives_bert_pairs_the_segment_ids_fine_tuning_gave():
+    """scripts/predict.py's path (bort.inference.modes.predict_task) equals the training path's scores on MRPC
+    pairs for a BERT-family model; with all-zero token types it would not (the type rows differ by far)."""
+    from bort.finetune.checkpoints import build_task_model
+    from bort.finetune.predict import predict_outputs
+    from bort.finetune.tasks import get_task
+    from bort.inference.modes import predict_task, prepare
+    from bort.model import get_config
+    from bort.text.tokenizer import load_tokenizer
+    from helpers import MERGES, ROOT, VOCAB_JSON
+
+    tokenizer = load_tokenizer(vocab_json=VOCAB_JSON, merges=MERGES)
+    task = get_task("MRPC")
+    mx.random.seed(5)
+    config = get_config("bert_tiny", vocab_size=tokenizer.vocab_size, dropout=0.0)
+    model = build_task_model(task, config, dropout=0.0)
+    model.bort.token_type_embed[0].weight.set_data(mx.nd.random.normal(0, 1.0, shape=(2, config.units)))
+    examples = task.read("dev", os.path.join(ROOT, "test_data/glue/MRPC"))
+    instances = task.encode(examples, tokenizer, 64)
+    expected = predict_outputs(task, model, instances, tokenizer.pad_id, batch_size=3)
+    got = predict_task(model.head, prepare(model.bort, "fp32"), instances, tokenizer.pad_id, batch_size=4)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
