@@ -3,6 +3,7 @@
 
     python finetune_bort.py --task_name MRPC --pretrained_parameters model/bort.params --gpu 0
     python finetune_bort.py --task_name MRPC --only_inference --model_parameters output_dir/model_bort_MRPC.params
+    python finetune_bort.py --task_name SST --pretrained_parameters path/to/hf_bert_dir   # its own tokenizer
 
 Flags and defaults are the original's; see docs/finetuning.md, docs/differences-finetuning.md and
 bort/finetune/config.py. Every flag of the original's finetune_bort.py parses; its data-location flags
@@ -63,7 +64,9 @@ def get_parser():
                    help="architecture when the parameter file has no JSON beside it (or with "
                         "--pretrained_parameters none)")
     p.add_argument("--pretrained_parameters", default=D.pretrained_parameters,
-                   help="pretrained Bort parameters ('none': random initialization, for tests)")
+                   help="pretrained encoder: Bort's .params (with its JSON), a converted HF checkpoint's .params "
+                        "with its JSON, or a local HF directory (BERT or RoBERTa; without vocabulary flags its own "
+                        "tokenizer is used); 'none': random initialization, for tests")
     p.add_argument("--model_parameters", default=None, help="a fine-tuned checkpoint (of this task)")
     p.add_argument("--output_dir", default=D.output_dir, help="checkpoints, metrics.jsonl, leaderboard files")
     p.add_argument("--only_inference", action="store_true", help="skip training: evaluate dev, predict test")
@@ -153,7 +156,7 @@ def main(argv=None):
     config = finetune_config(args)
     check_model_files(config)
     try:
-        result = run(config, tokenizer_from_args(args))
+        result = run(config, tokenizer_from_args(args, config.pretrained_parameters))
     except BaseException:  # bort.locking: let go of --output_dir now, and remove it if this run created it empty
         release_directory(config.output_dir, remove_if_unused=True)
         raise

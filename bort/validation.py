@@ -35,12 +35,16 @@ def _config_beside(params_path, fallback):
     return get_config(path) if os.path.isfile(path) else get_config(fallback)
 
 
-def finetune_model_config(config, tokenizer):
+def finetune_model_config(config, tokenizer, hf_config=None):
     """(ModelConfig, its source) that a fine-tuning run (a bort.finetune.config.FinetuneConfig) will use, read from
-    JSON files only (no weights); (None, None) when the pretrained parameters are missing."""
+    JSON files only (no weights); (None, None) when the pretrained parameters are missing. `hf_config`: the
+    ModelConfig of an HF directory given as the pretrained parameters (read by the caller, bort.weights.convert's
+    hf_directory_config: this core module imports no stage)."""
     if config.model_parameters and os.path.isfile(config.model_parameters):
         return _config_beside(config.model_parameters, config.model_config), config.model_parameters
     source = config.pretrained_parameters
+    if hf_config is not None:
+        return hf_config, source
     if not source or source.lower() == "none":
         from bort.model import get_config  # noqa: PLC0415
 
@@ -51,11 +55,11 @@ def finetune_model_config(config, tokenizer):
     return None, None
 
 
-def check_finetune_inputs(config, tokenizer):
+def check_finetune_inputs(config, tokenizer, hf_config=None):
     """--max_len within the model's positions; a fine-tuned checkpoint's vocabulary equal to the tokenizer's.
     Returns the max_len to use: config.max_len, or when unset the original's 512 (fewer for a model with fewer
-    positions)."""
-    model_config, source = finetune_model_config(config, tokenizer)
+    positions). `hf_config`: as for finetune_model_config."""
+    model_config, source = finetune_model_config(config, tokenizer, hf_config)
     max_len = config.max_len
     if max_len is None:
         max_len = min(DEFAULT_MAX_LEN, model_config.max_length) if model_config is not None else DEFAULT_MAX_LEN

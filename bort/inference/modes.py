@@ -23,6 +23,7 @@ import mxnet as mx
 import numpy as np
 
 from bort.errors import BortError
+from bort.finetune.heads import segment_ids
 from bort.inference.fast_encoder import FastEncoder
 
 MODES = ("fp32", "fused", "bf16", "int8")
@@ -233,7 +234,10 @@ def predict_task(head, encoder, instances, pad_id, batch_size=32, max_length=512
             ids = np.full((len(idx), padded), pad_id, dtype=np.float32)
             for row, i in enumerate(idx):
                 ids[row, :lengths[i]] = seqs[i]
-            hidden = encoder(ids, np.array([lengths[i] for i in idx], dtype=np.float32))
+            valid = np.array([lengths[i] for i in idx], dtype=np.float32)
+            types = segment_ids(mx.nd.array(ids), mx.nd.array(valid)) if encoder.config.token_type_vocab_size \
+                else None  # BERT family: [CLS] A [SEP] B [SEP] has segments, as in fine-tuning
+            hidden = encoder(ids, valid, types)
             span_arr = mx.nd.array([spans[i] for i in idx], dtype="int32") if spans is not None else None
             out = head(hidden, span_arr).astype("float32").asnumpy()
             for row, i in enumerate(idx):

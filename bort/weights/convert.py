@@ -338,6 +338,35 @@ def hf_to_gluon(hf_dir):
     return config, arrays
 
 
+def hf_directory_config(path):
+    """The ModelConfig of an HF checkpoint directory's config.json; None when `path` is not a directory."""
+    if not path or not os.path.isdir(path):
+        return None
+    config_json = os.path.join(path, "config.json")
+    return config_from_hf(read_hf_json(config_json), config_json)[0]
+
+
+def hf_encoder(hf_dir):
+    """(ModelConfig, {our name: array}, pooler) of a local HF directory, for fine-tuning: `pooler` is
+    {"weight": (units, units), "bias": (units,)} of BERT's pooler (dense + tanh on the first token), None when the
+    checkpoint has none. The MLM head, if any, is left out."""
+    hf_dir = os.fspath(hf_dir)
+    if not os.path.isdir(hf_dir):
+        raise BortError(f"{hf_dir}: not a directory (expected an HF model directory with config.json)")
+    hf = read_hf_json(os.path.join(hf_dir, "config.json"))
+    tensors = {_normalize(n): v for n, v in read_hf_weights(hf_dir).items()}
+    config, arrays, _ = convert_hf_state(tensors, hf, source=hf_dir)
+    arrays = {n: a for n, a in arrays.items() if not n.startswith("decoder.")}
+    prefix = _encoder_prefix(tensors)
+    pooler = {k: np.asarray(tensors[f"{prefix}pooler.dense.{k}"], np.float32) for k in ("weight", "bias")
+              if f"{prefix}pooler.dense.{k}" in tensors}
+    if pooler and (len(pooler) != 2 or pooler["weight"].shape != (config.units, config.units)
+                   or pooler["bias"].shape != (config.units,)):
+        raise BortError(f"{hf_dir}: {prefix}pooler.dense has shapes {[a.shape for a in pooler.values()]}; expected "
+                        f"weight ({config.units}, {config.units}) and bias ({config.units},)")
+    return config, arrays, pooler or None
+
+
 # ---------------------------------------------------------------------------------------------
 # Export.
 # ---------------------------------------------------------------------------------------------
