@@ -4,13 +4,14 @@
 read with the config the caller names. Files are MXNet's NDArray format (`mx.nd.save`), which is not
 pickle. Training state (optimizer, step, data position, RNG) goes in `<name>.states` and `<name>.state.json`.
 """
+import json
 import os
 
 import bort  # noqa: F401
 import mxnet as mx
 
 from bort.errors import BortError
-from bort.io import atomic_path, file_sha256, read_json, write_json
+from bort.io import atomic_path, atomic_write, file_sha256, read_json, write_json
 from bort.model import ModelConfig, build_model, get_config
 from bort.validation import check_config_fits_file, validate_training_state
 
@@ -109,14 +110,30 @@ def _context_of(params):
     return mx.cpu()
 
 
-def save_parameters(block, path, config=None):
-    """Write `path` atomically (and the config JSON beside it when given)."""
-    if config is not None:
-        write_json(config_path(path), config.to_dict() if isinstance(config, ModelConfig) else config)
+def save_arrays(path, arrays):
+    """`mx.nd.save` of {name: NDArray} to `path`, atomically. MXNet reports a full disk only as an MXNetError
+    ('FileStream.Write incomplete'): it becomes a one-line BortError, and nothing is left at `path`."""
     with atomic_path(path) as tmp:
-        arrays = {name: param.data() for name, param in block._collect_params_with_prefix().items()}
-        # Tied weights appear under two names; keep both so the file matches gluon-nlp's layout.
-        mx.nd.save(tmp, arrays)
+        try:
+            mx.nd.save(tmp, arrays)
+        except mx.base.MXNetError as err:
+            reason = "the disk is full" if "Write incomplete" in str(err) else "MXNet could not write it"
+            raise BortError(f"{path}: cannot write ({reason}); nothing was written") from None
+
+
+def save_parameters(block, path, config=None):
+    """Write `path` atomically, and the config JSON beside it when given: both files or neither (the JSON lands
+    only once the parameters have)."""
+    arrays = {name: param.data() for name, param in block._collect_params_with_prefix().items()}
+    # Tied weights appear under two names; keep both so the file matches gluon-nlp's layout.
+    if config is None:
+        save_arrays(path, arrays)
+        return
+    with atomic_write(config_path(path)) as handle:
+        json.dump(config.to_dict() if isinstance(config, ModelConfig) else config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        save_arrays(path, arrays)
 
 
 def read_config(params_path, fallback=None):
@@ -218,8 +235,7 @@ def save_training_state(prefix, trainer, state, params=None, companions=()):
     per_device = optimizer._all_index_update_counts.get(_device_ids(trainer)[0], {})
     counts = {names[index]: count for index, count in per_device.items()}
     state = dict(state, optimizer={"num_update": optimizer.num_update, "update_count": counts, "layout": layout})
-    with atomic_path(prefix + ".states") as tmp:
-        mx.nd.save(tmp, arrays)
+    save_arrays(prefix + ".states", arrays)
     state["checksums"] = {os.path.basename(path): file_sha256(path) for path in (*companions, prefix + ".states")}
     write_json(prefix + ".state.json", state)
 
