@@ -299,6 +299,30 @@ def test_a_full_vocabulary_cache_passes_the_normalizer_check(shards, caches):
         read_cache(cache_path(os.path.join(shards, part), caches[max(caches)]))
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_teacher_runs(shards, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from bort.pretrain import distill
+    from helpers import disk_error, small_disk
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the output was checked")
+    monkeypatch.setattr(distill, "load_teacher", no_teacher)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(BortError, match=f"^{a_file}: is an existing file; --cache_dir must be a directory$"):
+        build_cache(shards, str(a_file), cpu_only=True, progress=False)
+    disk = tmp_path / "ro"
+    with small_disk(disk, read_only=True) as mounted:
+        if not mounted:
+            def read_only(*args, **kwargs):
+                raise disk_error(errno.EROFS)
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(BortError, match=r"ro/cache: cannot write there \(Read-only file system; --cache_dir\)$"):
+            build_cache(shards, str(disk / "cache"), cpu_only=True, progress=False)
+
+
 def _two_dirs_same_name(shards, tmp_path):
     other = tmp_path / "copy"
     other.mkdir()

@@ -38,7 +38,7 @@ import mxnet as mx
 import numpy as np
 
 from bort.errors import BortError
-from bort.io import atomic_path, hash_file
+from bort.io import atomic_path, check_writable, hash_file
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +418,8 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
             raise BortError(f"{path}: shares the cache file {target} with {targets[target]}; cache shards of "
                             f"different directories into different --cache_dir (or '{BESIDE}')")
         targets[target] = path
+    for directory in sorted({os.path.dirname(target) for target in targets}):  # before the teacher runs
+        check_writable(directory, "--cache_dir" if cache_dir not in (None, "", BESIDE) else "--cache_dir beside")
     mine = [p for i, p in enumerate(paths) if i % dist.size == dist.rank]
     use_gpu = not cpu_only and mx.context.num_gpus() > 0
     ctx = mx.gpu(dist.local_rank) if use_gpu else mx.cpu()
