@@ -16,7 +16,8 @@ import numpy as np
 
 import bort  # noqa: F401
 from bort.io import write_json
-from bort.pretrain.teacher_cache import ARRAYS, check_values, id_dtype, read_cache, write_cache
+from bort.pretrain.cache_validation import check_values
+from bort.pretrain.teacher_cache import ARRAYS, id_dtype, read_cache, write_cache
 
 
 def synthetic_cache(path, positions, k, vocab_size, temperature, seed=0):

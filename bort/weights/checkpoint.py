@@ -146,6 +146,29 @@ def read_config(params_path, fallback=None):
     return fallback if isinstance(fallback, ModelConfig) else get_config(fallback)
 
 
+# What makes two configs the same network (vocabulary size, dropout and padding id are the run's business).
+ARCHITECTURE_FIELDS = ("num_layers", "units", "hidden_size", "num_heads", "max_length", "token_type_vocab_size",
+                       "activation", "family")
+
+
+def architecture_differences(a, b):
+    """['field: a_value vs b_value', ...] where ModelConfigs `a` and `b` describe different networks."""
+    return [f"{f} {getattr(a, f)} vs {getattr(b, f)}" for f in ARCHITECTURE_FIELDS if getattr(a, f) != getattr(b, f)]
+
+
+def check_named_architecture(params_path, named, flag):
+    """One-line error when the config JSON beside `params_path` describes another network than `named` (a config
+    name or JSON path the user gave with `flag`; None: nothing named): the JSON would silently win over it.
+    Nothing to check without a parameter file or without its JSON."""
+    if named is None or not params_path or not os.path.isfile(params_path) or \
+            not os.path.isfile(config_path(params_path)):
+        return
+    differ = architecture_differences(read_config(params_path), get_config(named))
+    if differ:
+        raise BortError(f"{config_path(params_path)}: the parameters are of another architecture than {flag} "
+                        f"{named} ({'; '.join(differ)}); pass the {flag} they were trained with, or leave it out")
+
+
 def load_model(params_path, config=None, use_decoder=True, ctx=None, allow_missing=(), **overrides):
     """Build the model a params file describes (or `config`) and load it strictly."""
     config = read_config(params_path, config)
