@@ -25,6 +25,15 @@ def cannot_write(path, err):
     return None
 
 
+def _remove_empty(directories):
+    """Remove each of `directories` (deepest first) that is empty; stop at the first that is not."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the target's directory; on success rename it to `path`.
@@ -34,10 +43,16 @@ def atomic_path(path):
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    made = []  # the directories this call creates, deepest first: removed again if the write fails
+    parent = directory
+    while not os.path.exists(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     except OSError as err:
+        _remove_empty(made)
         error = cannot_write(path, err)
         if error is None:
             raise
@@ -54,6 +69,7 @@ def atomic_path(path):
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        _remove_empty(made)
         error = cannot_write(path, err)  # full disk: one line, no partial file
         if error is None:
             raise

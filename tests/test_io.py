@@ -49,6 +49,9 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatc
             (disk / "filler").write_bytes(b"")
         message = _one_line(_write, disk / "big.txt", "x" * 100000)
         assert message.endswith("big.txt: cannot write (No space left on device); nothing was written")
+        # nor the directories the write would have created
+        message = _one_line(_write, disk / "new" / "deeper" / "big.txt", "x" * 100000)
+        assert message.endswith("deeper/big.txt: cannot write (No space left on device); nothing was written")
         metrics = JsonlLogger(str(disk / "metrics.jsonl"))
         message = _one_line(metrics.log, step=1, loss=0.5)
         assert message == f"{disk / 'metrics.jsonl'}: cannot append a record (No space left on device)"
