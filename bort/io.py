@@ -2,7 +2,9 @@
 
 Input: `read_text`, `read_lines`, `read_json`, `read_jsonl` decode UTF-8 and drop a leading byte-order mark (the
 released MRPC files and files saved by Windows editors start with one), with one-line errors naming the file.
-Output: `atomic_write` / `atomic_path` write to a temporary name beside the target and rename when complete.
+Output: `atomic_write` / `atomic_path` write to a temporary name beside the target and rename when complete; a
+full or read-only disk is a one-line error that leaves nothing behind. `check_writable` refuses an output that
+cannot be written before a command does its work.
 """
 import contextlib
 import errno
