@@ -61,7 +61,8 @@ class Sweep:
         path = self.path("disks", name)
         os.makedirs(path, exist_ok=True)
         options = f"size={size}" + (",ro" if read_only else "")
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path], capture_output=True).returncode:
+        if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
+                                                           capture_output=True).returncode:
             self.mount_refused = True
             return None
         self.mounts.append(path)
