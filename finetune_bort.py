@@ -147,14 +147,18 @@ def finetune_config(args):
 
 
 def main(argv=None):
-    args = apply_location_flags(get_parser().parse_args(argv))
+    # model_config None until parsed: tells a --model_config the user gave from the default
+    args = apply_location_flags(get_parser().parse_args(argv, argparse.Namespace(model_config=None)))
+    named_config, args.model_config = args.model_config, args.model_config or D.model_config
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S")
     from bort.finetune.checkpoints import check_model_files
     from bort.finetune.loop import run
     from bort.locking import release_directory
+    from bort.weights.checkpoint import check_named_architecture
 
     config = finetune_config(args)
     check_model_files(config)
+    check_named_architecture(config.pretrained_parameters, named_config, "--model_config")
     try:
         result = run(config, tokenizer_from_args(args, config.pretrained_parameters))
     except BaseException:  # bort.locking: let go of --output_dir now, and remove it if this run created it empty

@@ -133,12 +133,17 @@ def check_pretraining_inputs(config, dist):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv, argparse.Namespace(model=None))  # None: --model left out
+    named_model, args.model = args.model, args.model or D.model
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s",
                         level=logging.DEBUG if args.verbose else logging.INFO)
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in fields},
                             progress=not args.no_progress)
+    from bort.weights.store import check_student_params, student_params_path
+
+    check_student_params(student_params_path(config.student_params, config.pretrained), named_model,
+                         config.teacher_ckpt_dir, config.teacher_model)
     if args.preflight_workers:
         preflight(config, args.preflight_workers)
         check_pretraining_inputs(config, None)  # shards against the student too, before horovodrun starts

@@ -2,7 +2,9 @@
 
 Input: `read_text`, `read_lines`, `read_json`, `read_jsonl` decode UTF-8 and drop a leading byte-order mark (the
 released MRPC files and files saved by Windows editors start with one), with one-line errors naming the file.
-Output: `atomic_write` / `atomic_path` write to a temporary name beside the target and rename when complete.
+Output: `atomic_write` / `atomic_path` write to a temporary name beside the target and rename when complete; a
+full or read-only disk is a one-line error that leaves nothing behind. `check_writable` refuses an output that
+cannot be written before a command does its work.
 """
 import contextlib
 import errno
@@ -13,19 +15,50 @@ import tempfile
 
 from bort.errors import BortError
 
-_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+# A full, read-only or forbidden output: one line naming the file (a programming error keeps its traceback).
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM,
+                errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
+
+
+def cannot_write(path, err):
+    """The BortError of an OSError `err` met writing `path`, for the errors of _DISK_ERRORS; else None."""
+    if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+        return BortError(f"{path}: cannot write ({os.strerror(err.errno)}); nothing was written")
+    return None
+
+
+def _remove_empty(directories):
+    """Remove each of `directories` (deepest first) that is empty; stop at the first that is not."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path in the target's directory; on success rename it to `path`.
 
-    On any exception the temporary file is removed and `path` is left as it was.
+    On any exception the temporary file is removed and `path` is left as it was; a full or read-only disk is a
+    one-line BortError naming `path`.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    made = []  # the directories this call creates, deepest first: removed again if the write fails
+    parent = directory
+    while not os.path.exists(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as err:
+        _remove_empty(made)
+        error = cannot_write(path, err)
+        if error is None:
+            raise
+        raise error from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -38,9 +71,34 @@ def atomic_path(path):
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:  # full disk: one line, no partial file
-            raise BortError(f"{path}: cannot write ({os.strerror(err.errno)}); nothing was written") from None
-        raise
+        _remove_empty(made)
+        error = cannot_write(path, err)  # full disk: one line, no partial file
+        if error is None:
+            raise
+        raise error from None
+
+
+def check_writable(path, flag, kind="directory"):
+    """Refuse an output before any work is done: `path` (a `kind` "directory" or "file" to be written) must not
+    be an existing file where a directory is wanted, nor a directory where a file is, and its nearest existing
+    directory must take a new file (a read-only or forbidden place is found by trying: root ignores modes).
+    Creates nothing; a BortError naming `path` and `flag` otherwise. A full disk is found only at the write."""
+    path = os.path.abspath(os.fspath(path))
+    if kind == "directory" and os.path.exists(path) and not os.path.isdir(path):
+        raise BortError(f"{path}: is an existing file; {flag} must be a directory")
+    if kind == "file" and os.path.isdir(path):
+        raise BortError(f"{path}: is a directory; {flag} must be a file name")
+    place = path if kind == "directory" else os.path.dirname(path)
+    while not os.path.exists(place):
+        place = os.path.dirname(place)
+    if not os.path.isdir(place):
+        raise BortError(f"{place}: is a file, so {flag} {path} cannot be created")
+    try:
+        fd, probe = tempfile.mkstemp(dir=place, prefix=".bort-write-check.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise BortError(f"{path}: cannot write there ({os.strerror(err.errno)}; {flag})") from None
 
 
 @contextlib.contextmanager
@@ -137,8 +195,14 @@ class JsonlLogger:
     def log(self, **record):
         if not self.path:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as err:
+            error = cannot_write(self.path, err)
+            if error is None:
+                raise
+            raise BortError(f"{self.path}: cannot append a record ({os.strerror(err.errno)})") from None
 
 
 def hash_file(path, digest, block=1 << 22):

@@ -67,8 +67,12 @@ def hold_directory(directory, flag="--output_dir"):
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
+    except OSError as err:  # a full disk: no empty lock file (nor a directory this call made) stays behind
+        _let_go(key, (fd, created), remove_if_unused=True)
+        raise BortError(f"{lock_path}: cannot write the lock file ({err.strerror}; {flag})") from None
     _held[key] = (fd, created)
     return True
 

@@ -30,8 +30,10 @@ FINETUNE = ["finetune_bort.py", "--task_name", "SST-2", "--data_dir", os.path.jo
 TOKENIZE = ["-m", "bort.text.tokenizer", SAMPLE]
 
 # argv: the command line after `python`; absent: paths that must not exist afterwards; forbid: text the error
-# must not contain; reader: a dataset-reader case (reported apart); holder: a directory another process holds.
-Case = collections.namedtuple("Case", "cls name argv absent forbid reader holder")
+# must not contain; reader: a dataset-reader case (reported apart); holder: a directory another process holds;
+# lines: {path: number of lines} for a valid input that must be handled (exit 0, those files written); pending:
+# the change that fixes the case when it lands on another branch (None: fixed on this one).
+Case = collections.namedtuple("Case", "cls name argv absent forbid reader holder lines pending")
 
 
 class Sweep:
@@ -40,6 +42,8 @@ class Sweep:
     def __init__(self, work):
         self.work = work
         self.cases = []
+        self.mounts = []
+        self.mount_refused = False
 
     def path(self, *parts):
         return os.path.join(self.work, *parts)
@@ -48,8 +52,30 @@ class Sweep:
         """Where a case's run writes (it must not exist after a refusal)."""
         return self.path("out", name)
 
-    def add(self, cls, name, argv, absent=(), forbid=(), reader=False, holder=None):
-        self.cases.append(Case(cls, name, argv, tuple(absent), tuple(forbid), reader, holder))
+    def add(self, cls, name, argv, absent=(), forbid=(), reader=False, holder=None, lines=None, pending=None):
+        self.cases.append(Case(cls, name, argv, tuple(absent), tuple(forbid), reader, holder, lines, pending))
+
+    def disk(self, name, size="64k", read_only=False, leave=None):
+        """A tmpfs of `size` mounted at <work>/disks/<name> (read-only, or filled to `leave` free bytes when
+        asked); None where mounting is not allowed. `close` unmounts it."""
+        path = self.path("disks", name)
+        os.makedirs(path, exist_ok=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
+                                                           capture_output=True).returncode:
+            self.mount_refused = True
+            return None
+        self.mounts.append(path)
+        if leave is not None:
+            stat = os.statvfs(path)
+            with open(os.path.join(path, "filler"), "wb") as handle:
+                handle.write(b"\0" * max(stat.f_bavail * stat.f_frsize - leave, 0))
+        return path
+
+    def close(self):
+        for path in self.mounts:
+            subprocess.run(["umount", "-l", path], capture_output=True)
+        self.mounts = []
 
     @functools.cached_property
     def hf(self):
@@ -66,6 +92,16 @@ class Sweep:
         """A fine-tuned SST-2 checkpoint of bort_tiny."""
         return _sst2_checkpoint(self.path("sst2", "model_bort_SST-2.params"))
 
+    @functools.cached_property
+    def teacher(self):
+        """A random roberta_tiny teacher (.params + .json) of the test vocabulary."""
+        return save_random_model(self.path("teacher", "teacher.params"), "roberta_tiny")
+
+    @functools.cached_property
+    def mlm(self):
+        """A random bort_tiny with its MLM head (.params + .json) of the test vocabulary."""
+        return save_random_model(self.path("mlm", "bort_tiny.params"), "bort_tiny")
+
     @property
     def predict(self):
         return ["scripts/predict.py", "--task_name", "SST-2", "--model_parameters", self.ckpt, "--data_dir",
@@ -73,7 +109,7 @@ class Sweep:
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------------
-def _write_json(path, obj):
+def write_json(path, obj):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(obj, handle)
@@ -98,7 +134,7 @@ def _hf_variant(sweep, good, name, config_edit=None, header_edit=None, index=Non
     os.makedirs(dest)
     with open(os.path.join(good, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)
-    _write_json(os.path.join(dest, "config.json"), config_edit(config) if config_edit else config)
+    write_json(os.path.join(dest, "config.json"), config_edit(config) if config_edit else config)
     with open(os.path.join(good, "model.safetensors"), "rb") as handle:
         data = handle.read()
     if header_edit:
@@ -111,7 +147,7 @@ def _hf_variant(sweep, good, name, config_edit=None, header_edit=None, index=Non
     with open(os.path.join(dest, weights), "wb") as handle:
         handle.write(data)
     if index is not None:
-        _write_json(os.path.join(dest, "model.safetensors.index.json"), index)
+        write_json(os.path.join(dest, "model.safetensors.index.json"), index)
     return dest
 
 
@@ -129,7 +165,7 @@ def _shards(out, max_seq_length=32):
     return out
 
 
-def _shard_variant(sweep, good, name, edit=None, meta=None):
+def shard_variant(sweep, good, name, edit=None, meta=None):
     from data.pretraining_format import load_shard, write_shard
 
     shard = load_shard(os.path.join(good, "part-000.npz"))
@@ -140,6 +176,18 @@ def _shard_variant(sweep, good, name, edit=None, meta=None):
     os.makedirs(dest)
     write_shard(os.path.join(dest, "part-000.npz"), batch, dict(shard.metadata, **(meta or {})))
     return dest
+
+
+def save_random_model(path, name, vocab_size=1005):
+    import mxnet as mx
+
+    from bort.model import build_model, get_config
+    from bort.weights.checkpoint import finish_deferred_init, save_parameters
+
+    mx.random.seed(0)
+    config = get_config(name, vocab_size=vocab_size)
+    save_parameters(finish_deferred_init(build_model(config)), path, config)
+    return path
 
 
 def _sst2_checkpoint(path):
@@ -155,7 +203,7 @@ def _sst2_checkpoint(path):
     return path
 
 
-def _copy_task(sweep, src, name, edit_file, edit):
+def copy_task(sweep, src, name, edit_file, edit):
     dest = sweep.path("tasks", name)
     shutil.copytree(os.path.join(ROOT, src), dest)
     path = os.path.join(dest, edit_file)
@@ -180,7 +228,7 @@ def _vocab_variant(sweep, name, vocab_edit=None, merges_drop=0):
     os.makedirs(dest)
     with open(VOCAB[1], encoding="utf-8") as handle:
         vocab = json.load(handle)
-    _write_json(os.path.join(dest, "vocab.json"), vocab_edit(vocab) if vocab_edit else vocab)
+    write_json(os.path.join(dest, "vocab.json"), vocab_edit(vocab) if vocab_edit else vocab)
     with open(VOCAB[3], encoding="utf-8") as handle:
         lines = handle.read().rstrip("\n").split("\n")
     with open(os.path.join(dest, "merges.txt"), "w", encoding="utf-8") as handle:
@@ -188,7 +236,7 @@ def _vocab_variant(sweep, name, vocab_edit=None, merges_drop=0):
     return ["--vocab_json", os.path.join(dest, "vocab.json"), "--merges", os.path.join(dest, "merges.txt")]
 
 
-def _patched(patch, script, argv):
+def patched(patch, script, argv):
     """argv for `python -c`: apply a monkeypatch (e.g. a full disk), then run a CLI's main under run_cli."""
     code = (f"import runpy\n{patch}\nmain = runpy.run_path({os.path.join(ROOT, script)!r})['main']\n"
             f"from bort.errors import run_cli\nrun_cli(main)({argv!r})")
@@ -212,7 +260,7 @@ def out_of_range_data(sweep, cls):
     for name, kwargs in (("shard token id >= vocab_size", dict(edit=big_id)),
                          ("shard label >= vocab_size", dict(edit=big_label)),
                          ("shards of two vocabularies", dict(meta={"vocab_size": 1200}))):
-        variant = _shard_variant(sweep, shards, name.replace(" ", "_"), **kwargs)
+        variant = shard_variant(sweep, shards, name.replace(" ", "_"), **kwargs)
         data = f"{shards},{variant}" if "two" in name else variant
         sweep.add(cls, name, pretrain + ["--data", data, "--ckpt_dir", out(name)], absent=[out(name)])
     long = _shards(sweep.path("shards", "long"), max_seq_length=200)
@@ -271,16 +319,16 @@ def malformed_files(sweep, cls):
     with open(os.path.join(state_dir, "step_0000001.state.json"), encoding="utf-8") as handle:
         state = json.load(handle)
     state["data_positions"] = "everywhere"
-    _write_json(os.path.join(state_dir, "step_0000001.state.json"), state)
+    write_json(os.path.join(state_dir, "step_0000001.state.json"), state)
     sweep.add(cls, ".state.json with the right JSON but the wrong structure",
               pretrain + ["--num_steps", "2", "--data", shards,
                               "--ckpt_dir", state_dir, "--start_step", "1"])
     sweep.add(cls, "full disk while writing a shard",
-              _patched(ENOSPC + "import shutil; shutil.copyfileobj = full", "create_pretraining_data.py",
+              patched(ENOSPC + "import shutil; shutil.copyfileobj = full", "create_pretraining_data.py",
                        ["--input_file", SAMPLE, "--output_dir", out("enospc_shard"), "--num_workers", "1",
                         "--no_progress"] + VOCAB), absent=[out("enospc_shard")])
     sweep.add(cls, "full disk while writing a checkpoint",
-              _patched(ENOSPC + "import bort.weights.ndarray_file as F; F.HashingWriter.write = full", "scripts/convert_checkpoint.py",
+              patched(ENOSPC + "import bort.weights.ndarray_file as F; F.HashingWriter.write = full", "scripts/convert_checkpoint.py",
                        ["hf2gluon", "--hf_dir", hf, "--output", out("enospc_ckpt.params")]),
               absent=[out("enospc_ckpt.params")])
 
@@ -297,7 +345,7 @@ def memory_bombs(sweep, cls):
     subprocess.run([sys.executable] + convert + [params, "--hf_dir", hf], cwd=ROOT, capture_output=True, check=True)
     with open(os.path.splitext(params)[0] + ".json", encoding="utf-8") as handle:
         config = json.load(handle)
-    _write_json(os.path.splitext(params)[0] + ".json", dict(config, num_layers=10 ** 8))
+    write_json(os.path.splitext(params)[0] + ".json", dict(config, num_layers=10 ** 8))
     sweep.add(cls, "params JSON claiming 1e8 layers (export)",
               ["scripts/convert_checkpoint.py", "gluon2hf", "--params", params, "--output", out("export")],
               absent=[out("export")])
@@ -345,7 +393,7 @@ def dataset_readers(sweep, cls):
              lambda text: text.replace("\t0\n", "\t0\textra\tfields\n", 1)),
             ("RACE question beyond its options", "RACE", "test_data/race", "train/high/1.txt",
              lambda text: json.dumps(dict(json.loads(text), questions=json.loads(text)["questions"] + ["Why?"])))):
-        data = _copy_task(sweep, src, name.replace(" ", "_"), edit_file, edit)
+        data = copy_task(sweep, src, name.replace(" ", "_"), edit_file, edit)
         sweep.add(cls, name, reader_ft + [sweep.out(name), "--task_name", task, "--data_dir", data]
                   + TINY_FT + VOCAB, reader=True)
 
@@ -356,9 +404,10 @@ CASE_CLASSES = {"out-of-range data": out_of_range_data, "concurrent runs": concu
                 READER_CLASS: dataset_readers}
 
 
-def build_cases(sweep, only=None, skip=()):
-    """Build the inputs of every class (or only `only`, minus `skip`) and add their cases to `sweep`."""
-    for cls, add_cases in CASE_CLASSES.items():
+def build_cases(sweep, only=None, skip=(), classes=None):
+    """Build the inputs of every class of `classes` (default CASE_CLASSES; or only `only`, minus `skip`) and add
+    their cases to `sweep`."""
+    for cls, add_cases in (classes or CASE_CLASSES).items():
         if (only is None or cls == only) and cls not in skip:
             add_cases(sweep, cls)
     return sweep.cases

@@ -3,12 +3,17 @@ CLI on them as a user would, and classify each outcome.
 
     python -m experiments.hostile_sweep [--json sweep.json] [--keep DIR] [--only CLASS] [--trials 5]
 
-Outcomes: `one-line error` (non-zero exit, one `error: ...` line, no traceback, nothing left behind that the
-case forbids), `traceback`, `silently accepted` (exit 0 on input that must be refused), `left output` (an empty
-output directory or a partial file stayed behind), `bad message` (e.g. passes on torch's weights_only=False
-advice), `hang` (timeout). Cases of the dataset readers (owned by another change) are reported in their own rows.
+Outcomes: `one-line error` (non-zero exit, one `error: ...` line, the last line of the output, no traceback,
+nothing left behind that the case forbids), `handled` (a valid but unusual input: exit 0 and the files it must
+write), `traceback`, `silently accepted` (exit 0 on input that must be refused), `crash` (killed by a signal, e.g. a
+segmentation fault), `error not last` (other output after the error line), `left output` (an empty output
+directory or a partial file stayed behind), `bad message` (e.g. passes on torch's weights_only=False advice),
+`wrong output` (a valid input whose files are missing or short), `hang` (timeout). Cases of the dataset readers
+(owned by another change) are reported in their own rows; cases another change fixes are counted apart too.
 Then SIGTERM and kill -9 trials of create_pretraining_data count surviving workers and leftover shards.
-Prints a table and writes JSON. The cases themselves are in `experiments/hostile_cases.py`.
+Prints a table and writes JSON. The cases themselves are in `experiments/hostile_cases.py` and (the third round:
+damaged artifacts, faults mid-run, full and read-only disks, inference inputs)
+`experiments/hostile_cases_artifacts.py`.
 """
 import argparse
 import collections
@@ -23,6 +28,10 @@ import time
 
 from bort.runtime import process_alive, process_descendants
 from experiments.hostile_cases import CASE_CLASSES, READER_CLASS, ROOT, SAMPLE, VOCAB, Sweep, build_cases
+from experiments.hostile_cases_artifacts import ARTIFACT_CLASSES
+
+CLASSES = {**CASE_CLASSES, **ARTIFACT_CLASSES}
+CRASH_EXITS = (134, 139)  # abort, segmentation fault (as a shell reports them)
 
 
 # ---- running and classifying --------------------------------------------------------------------------------------
@@ -50,21 +59,39 @@ def run_case(case, timeout):
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     if rc is None:
         outcome = "hang"
+    elif rc < 0 or rc in CRASH_EXITS:
+        outcome = "crash"
     elif "Traceback (most recent call last)" in stderr:
         outcome = "traceback"
     elif rc == 0:
-        outcome = "silently accepted"
+        outcome = "handled" if case.lines and _has_lines(case.lines) else \
+            "wrong output" if case.lines else "silently accepted"
+    elif case.lines:
+        outcome = "traceback" if len(lines) != 1 else "refused a valid input"
     elif any(os.path.exists(p) for p in case.absent):
         outcome = "left output"
     elif any(f in stderr for f in case.forbid):
         outcome = "bad message"
+    elif len(lines) == 1 and stderr.strip().splitlines()[-1] != lines[0]:
+        outcome = "error not last"
     elif len(lines) == 1:
         outcome = "one-line error"
     else:
         outcome = "traceback"  # a non-zero exit without our one line
-    return {"class": case.cls, "name": case.name, "reader": case.reader, "outcome": outcome, "exit": rc,
-            "error": lines[-1] if lines else (stderr.strip().splitlines() or [""])[-1],
+    return {"class": case.cls, "name": case.name, "reader": case.reader, "pending": case.pending,
+            "outcome": outcome, "exit": rc, "error": lines[-1] if lines else (stderr.strip().splitlines() or [""])[-1],
             "seconds": round(time.time() - start, 1)}
+
+
+def _has_lines(expected):
+    """Whether every file of {path: number of lines} exists with that many lines."""
+    for path, count in expected.items():
+        if not os.path.isfile(path):
+            return False
+        with open(path, encoding="utf-8") as handle:
+            if sum(1 for _ in handle) != count:
+                return False
+    return True
 
 
 def shutdown_trials(work, trials, sig):
@@ -105,13 +132,39 @@ def shutdown_trials(work, trials, sig):
             "trials_with_shard_files_left": leftovers}
 
 
+COLUMNS = ("one-line error", "handled", "traceback", "silently accepted", "crash")
+PENDING_ROW = "fixed by other changes of #24 (pass once merged)"
+
+
+def table_rows(results):
+    """[(row name, Counter of outcomes with 'inputs')]: one row per class, the cases another change fixes in a row
+    of their own, then the total of the reliability classes (dataset readers and pending cases apart)."""
+    table = collections.OrderedDict()
+    for r in results:
+        row = table.setdefault(PENDING_ROW if r.get("pending") else r["class"], collections.Counter())
+        row["inputs"] += 1
+        row[r["outcome"]] += 1
+    total = sum((c for k, c in table.items() if k not in (READER_CLASS, PENDING_ROW)), collections.Counter())
+    rows = [(k, c) for k, c in table.items() if k != PENDING_ROW]
+    return rows + [("total (without dataset readers and pending)", total)] + \
+        [(k, c) for k, c in table.items() if k == PENDING_ROW]
+
+
+def print_table(results):
+    print("\n| class | inputs | " + " | ".join(COLUMNS) + " | other |")
+    print("|---|" + "---|" * (len(COLUMNS) + 2))
+    for name, row in table_rows(results):
+        other = row["inputs"] - sum(row[c] for c in COLUMNS)
+        print(f"| {name} | {row['inputs']} | " + " | ".join(str(row[c]) for c in COLUMNS) + f" | {other} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default="hostile_sweep.json", help="where to write the results")
     parser.add_argument("--keep", default=None, help="build the inputs here and keep them")
-    parser.add_argument("--only", default=None, choices=list(CASE_CLASSES),
+    parser.add_argument("--only", default=None, choices=list(CLASSES),
                         help="build and run only the cases of this class")
-    parser.add_argument("--skip", action="append", default=[], choices=list(CASE_CLASSES),
+    parser.add_argument("--skip", action="append", default=[], choices=list(CLASSES),
                         help="skip the cases of this class (repeatable)")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per case")
     parser.add_argument("--trials", type=int, default=3, help="SIGTERM and kill -9 trials each (0: none)")
@@ -120,32 +173,28 @@ def main(argv=None):
     os.makedirs(work, exist_ok=True)
     sweep = Sweep(work)
     results = []
-    for case in build_cases(sweep, only=args.only, skip=args.skip):
-        results.append(run_case(case, args.timeout))
-        r = results[-1]
-        print(f"{r['outcome']:18} {r['class']:18} {r['name']}: {r['error']}"[:200], flush=True)
+    try:
+        for case in build_cases(sweep, only=args.only, skip=args.skip, classes=CLASSES):
+            results.append(run_case(case, args.timeout))
+            r = results[-1]
+            pending = " (pending)" if r["pending"] else ""
+            print(f"{r['outcome']:18} {r['class']:18} {r['name']}{pending}: {r['error']}"[:200], flush=True)
+    finally:
+        sweep.close()  # the small tmpfs disks
+    if sweep.mount_refused:
+        print("note: tmpfs mounts not allowed here: the full and read-only disk cases were left out")
     trials = [shutdown_trials(work, args.trials, sig) for sig in (signal.SIGTERM, signal.SIGKILL)] \
         if args.trials else []
-    table = collections.OrderedDict()
-    for r in results:
-        row = table.setdefault(r["class"], collections.Counter())
-        row["inputs"] += 1
-        row[r["outcome"]] += 1
-    print("\n| class | inputs | one-line error | traceback | silently accepted | other |")
-    print("|---|---|---|---|---|---|")
-    for cls, row in list(table.items()) + [("total (without dataset readers)", sum(
-            (c for k, c in table.items() if k != READER_CLASS), collections.Counter()))]:
-        other = row["inputs"] - row["one-line error"] - row["traceback"] - row["silently accepted"]
-        print(f"| {cls} | {row['inputs']} | {row['one-line error']} | {row['traceback']} | "
-              f"{row['silently accepted']} | {other} |")
+    print_table(results)
     for t in trials:
         print(f"{t['signal']} of create_pretraining_data: {t['trials']} trials, {t['surviving_workers']} surviving "
               f"workers, {t['trials_with_shard_files_left']} with shard files left")
     with open(args.json, "w", encoding="utf-8") as handle:
-        json.dump({"cases": results, "shutdown": trials, "work_dir": work}, handle, indent=2)
+        json.dump({"cases": results, "shutdown": trials, "work_dir": work,
+                   "totals": {name: dict(row) for name, row in table_rows(results)}}, handle, indent=2)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    bad = [r for r in results if not r["reader"] and r["outcome"] != "one-line error"]
+    bad = [r for r in results if not r["reader"] and r["outcome"] not in ("one-line error", "handled")]
     return 1 if bad or any(t["surviving_workers"] or t["trials_with_shard_files_left"] for t in trials) else 0
 
 

@@ -2,7 +2,8 @@
 """Hostile-input sweep of the task readers (issue 12): malformed GLUE/SuperGLUE/RACE files through what
 finetune_bort.py does before training (Task.read, encode, gold labels, metrics). Prints one row per input and the
 totals; `--json PATH` also writes them. Each input must end in a one-line error (BortError), never a traceback or
-a silent acceptance (the one valid input, a file with a byte-order mark, must be accepted).
+a silent acceptance (the valid inputs, a file with a byte-order mark and an AX-g line without its pair, must be
+accepted).
 
     python -m experiments.sweep_reader_inputs --json sweep.json
 """
@@ -82,14 +83,16 @@ CASES = [
      J({"premise": "p", "choice1": "a", "choice2": 2, "question": "cause", "label": 0}), "COPA choice an int"),
     ("AX-b", "AX-b", "AX-b.jsonl", J({"sentence1": "a", "sentence2": "b", "idx": "x"}), "AX-b idx not a number"),
     ("AX-g", "AX-g", "AX-g.jsonl", J({"premise": "a", "hypothesis": "b", "idx": 0, "label": "entailment"}),
-     "AX-g without its pair"),
+     "AX-g without its pair (valid input)"),  # predicted; gender parity over the complete pairs, with a warning
+    ("AX-g", "AX-g", "AX-g.jsonl", J({"premise": "a", "hypothesis": "b", "idx": 0, "label": "entailment"}) + "\n"
+     + J({"premise": "c", "hypothesis": "d", "idx": 1, "label": "entailment"}), "AX-g pair of two hypotheses"),
     ("RACE-H", "train", "RACE", race(questions=["q1", "q2"], answers=["A", "B"]), "RACE question beyond the options"),
     ("RACE-H", "train", "RACE", race(answers=["A", "B"]), "RACE extra answer"),
     ("RACE-H", "train", "RACE", race(questions="q"), "RACE questions a string"),
     ("RACE-H", "train", "RACE", race(answers=["AB"]), "RACE answer 'AB'"),
     ("RACE-H", "train", "RACE", "[1, 2]", "RACE file a JSON list"),
 ]
-VALID = {"BOM (valid input)"}
+VALID = {"BOM (valid input)", "AX-g without its pair (valid input)"}
 
 
 def run_case(tok, task_name, segment, name, content):

@@ -19,6 +19,7 @@ from bort.weights import convert
 from bort.weights.checkpoint import load_arrays, load_parameters, read_config, save_parameters
 from bort.weights.parity import verify_parity
 from bort.errors import run_cli
+from bort.io import check_writable
 from bort.model import build_model, get_config
 
 
@@ -45,6 +46,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "hf2gluon":
+        for output in (args.output, os.path.splitext(args.output)[0] + ".json"):  # before the conversion
+            check_writable(output, "--output", kind="file")
         config, arrays = convert.hf_to_gluon(args.hf_dir)
         model = build_model(config, use_decoder=any(n.startswith("decoder.") for n in arrays))
         load_arrays(model, arrays, args.hf_dir)
@@ -53,6 +56,7 @@ def main(argv=None):
               f"({'with' if model.has_decoder else 'without'} MLM head)")
         hf_dir = args.hf_dir
     else:
+        check_writable(args.output, "--output")
         config = get_config(args.config) if args.config else read_config(args.params)
         if not args.config:
             print(f"config from {os.path.splitext(args.params)[0]}.json")

@@ -10,8 +10,8 @@ import json
 
 
 import bort  # noqa: E402,F401  (before mxnet)
-from bort.weights.checkpoint import load_model
-from bort.errors import run_cli
+from bort.errors import BortError, run_cli
+from bort.weights.checkpoint import check_named_architecture, load_model
 from bort.pretrain.mlm import fill_mask
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 
@@ -25,6 +25,14 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_tokenizer_args(parser)
     args = parser.parse_args(argv)
+    if args.top_k < 1:
+        raise BortError(f"--top_k must be at least 1, got {args.top_k}")
+    for number, text in enumerate(args.text, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:  # bytes that are not UTF-8 reach Python as lone surrogates
+            raise BortError(f"sentence {number}: not valid UTF-8 (byte {err.start}); pass UTF-8 text") from None
+    check_named_architecture(args.params, args.model, "--model")
     tokenizer = tokenizer_from_args(args)
     model = load_model(args.params, config=args.model, use_decoder=True)
     out = []

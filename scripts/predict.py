@@ -20,6 +20,7 @@ import logging
 import bort  # noqa: E402,F401  (sets OMP_NUM_THREADS before mxnet is imported)
 from bort.errors import run_cli
 from bort.finetune.tasks import task_names
+from bort.io import check_writable
 from bort.inference.task_prediction import PredictConfig
 from bort.text.gluonnlp_files import GLUONNLP_DATASET
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
@@ -61,10 +62,16 @@ def main(argv=None):
     from bort.runtime import configure_inference_engine, configure_omp_wait
     engine = configure_inference_engine(args.engine)  # before the first MXNet import
     omp_wait = configure_omp_wait(args.omp_wait)
+    import mxnet as mx
+
+    # MXNet creates its engine on first use, or else at exit, where its "start using engine" line (logged when an
+    # engine is named) would follow our error line: create it now, so that an error is the last line.
+    mx.nd.waitall()
     log.info("MXNet engine %s, OpenMP wait %s", engine, omp_wait)
     from bort.inference.task_prediction import predict_segment
 
     config = PredictConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(PredictConfig)})
+    check_writable(config.output_dir, "--output_dir")  # before the model is loaded and the segment predicted
     result = predict_segment(config, tokenizer_from_args(args))
     print(f"predictions={result['path']}")
     if result["metrics"]:

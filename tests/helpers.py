@@ -2,7 +2,9 @@
 
 Imported the ordinary way (`from helpers import ROOT`): pytest puts tests/ on sys.path for the test files.
 """
+import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import shutil
@@ -68,3 +70,31 @@ def run_launcher(args, cwd, timeout=1800, **env):
     run_env = dict(os.environ, **dict(dict(PYTHON=sys.executable), **env))
     return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def small_disk(directory, size="64k", read_only=False):
+    """A tmpfs of `size` mounted at `directory` (created) for the with-block, read-only when asked. Yields True, or
+    False where this machine does not allow mounting (CI without root): the test then injects the errno at the
+    write instead."""
+    os.makedirs(directory, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = shutil.which("mount") is not None and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def fill_disk(directory, leave=0):
+    """Write a file into `directory` that leaves at most `leave` bytes free on its file system."""
+    stat = os.statvfs(directory)
+    with open(os.path.join(directory, "filler"), "wb") as handle:
+        handle.write(b"\0" * max(stat.f_bavail * stat.f_frsize - leave, 0))
+
+
+def disk_error(code=errno.ENOSPC):
+    """The OSError a full (ENOSPC), read-only (EROFS) or forbidden (EACCES) file system gives."""
+    return OSError(code, os.strerror(code))

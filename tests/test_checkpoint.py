@@ -1,6 +1,7 @@
 """Parameter files: round trips, strict one-line errors, config beside the weights, atomic saves, training state."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from bort.errors import BortError
 from bort.model import build_model, get_config
 from bort.train.precision import enable_cpu_float16
 
-from helpers import ROOT
+from helpers import ROOT, small_disk
 
 
 def _inputs(config):
@@ -127,6 +128,44 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
         save_parameters(model, path)
     assert open(path, "rb").read() == before
     assert sorted(os.listdir(tmp_path)) == sorted([path.name, os.path.basename(config_path(path))])
+
+
+def _mxnet_full_disk(monkeypatch, fail_on=""):
+    """Without a small tmpfs: mx.nd.save as it behaves on a full disk (a partial file, then MXNet's error)."""
+    save = mx.nd.save
+
+    def full(fname, data):
+        if fail_on not in os.path.basename(fname):
+            return save(fname, data)
+        with open(fname, "wb") as handle:
+            handle.write(b"partial")
+        raise mx.base.MXNetError("Check failed: std::fwrite(ptr, 1, size, fp_) == size: FileStream.Write incomplete")
+    monkeypatch.setattr(checkpoint.mx.nd, "save", full)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_checkpoint_file(tmp_path, monkeypatch):
+    from bort.pretrain.state import save_checkpoint
+
+    model, config, _ = _saved(tmp_path)  # about 0.5 MB of parameters
+    disk = tmp_path / "disk"
+    with small_disk(disk, size="256k") as mounted:
+        if not mounted:
+            _mxnet_full_disk(monkeypatch)
+        message = _one_line_error(save_parameters, model, disk / "m.params", config)
+        assert message == f"{disk / 'm.params'}: cannot write (the disk is full); nothing was written"
+        assert os.listdir(disk) == []  # neither the parameters nor their JSON
+    # A pretraining checkpoint whose .states do not fit: none of the step's files stays (no orphan step_N.json).
+    net = _net(0)
+    trainer = mx.gluon.Trainer(net.collect_params(), "adam")
+    _step(net, trainer, (mx.nd.ones((4, 5)), mx.nd.array([0, 1, 2, 0])))
+    with small_disk(disk, size="16k") as mounted:
+        if not mounted:
+            monkeypatch.undo()
+            _mxnet_full_disk(monkeypatch, fail_on=".states")
+        (disk / "filler").write_bytes(b"\0" * (16384 - 8192))  # the parameters fit, the rest not
+        message = _one_line_error(save_checkpoint, str(disk), 1, net, {"units": 8}, trainer, {"step": 1})
+        assert re.search(r"step_0000001\.(states|state\.json): cannot write \(", message), message
+        assert os.listdir(disk) == ["filler"]
 
 
 def _net(seed, dtype="float32", ctx=None):

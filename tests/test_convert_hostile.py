@@ -166,3 +166,39 @@ def test_pickled_pytorch_bin_is_refused_without_torchs_weights_only_false_advice
     message = _one_line_error(lambda: hf_files.read_hf_weights(str(tmp_path / "hf")), "pytorch_model.bin", "refused")
     assert "weights_only" not in message and "False" not in message
     assert not (tmp_path / "ran").exists()
+
+
+def test_hf2gluon_refuses_an_output_it_cannot_write_before_converting(hf_dir, tmp_path, monkeypatch, capsys):
+    import errno
+    import runpy
+    import tempfile
+
+    from bort.errors import run_cli
+    from helpers import ROOT, disk_error, small_disk
+
+    main = runpy.run_path(os.path.join(ROOT, "scripts", "convert_checkpoint.py"))["main"]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("converted before the output was checked")
+    monkeypatch.setattr(convert, "hf_to_gluon", no_work)
+
+    def refused(output):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main)(["hf2gluon", "--hf_dir", str(hf_dir), "--output", str(output)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "\n" not in err, err
+        return err
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert refused(tmp_path) == f"error: {tmp_path}: is a directory; --output must be a file name"
+    assert refused(a_file / "m.params") == f"error: {a_file}: is a file, so --output {a_file / 'm.params'} cannot " \
+                                           "be created"
+    disk = tmp_path / "ro"
+    with small_disk(disk, read_only=True) as mounted:
+        if not mounted:
+            def read_only(*args, **kwargs):
+                raise disk_error(errno.EROFS)
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        assert refused(disk / "m.params") == \
+            f"error: {disk / 'm.params'}: cannot write there (Read-only file system; --output)"

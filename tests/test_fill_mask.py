@@ -164,3 +164,41 @@ def test_encode_with_masks_gives_the_space_to_the_mask():
     assert [ids[p] for p in positions] == [tokenizer.mask_id]
     assert tokenizer.decode(ids[1:positions[0]]) == "The"
     assert tokenizer.decode(ids[positions[0] + 1:-1]) == " runs through the old town."
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    import runpy
+
+    from bort.errors import run_cli
+    from bort.model import build_model, get_config
+    from bort.weights.checkpoint import finish_deferred_init, save_parameters
+
+    mx.random.seed(0)
+    config = get_config("bort_tiny", vocab_size=1005)
+    params = str(tmp_path / "m.params")
+    save_parameters(finish_deferred_init(build_model(config)), params, config)
+    main = runpy.run_path(os.path.join(ROOT, "scripts", "fill_mask.py"))["main"]
+    base = ["--params", params, "--vocab_json", VOCAB_JSON, "--merges", MERGES, "The <mask> sat."]
+
+    def refused(extra):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(main)(base + extra)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and "\n" not in err, err
+        return err
+
+    # --top_k 0 printed nothing and --top_k -3 the whole vocabulary, both with exit 0
+    assert refused(["--top_k", "0"]) == "error: --top_k must be at least 1, got 0"
+    assert refused(["--top_k", "-3"]) == "error: --top_k must be at least 1, got -3"
+    # the JSON beside the parameters silently won over --model
+    assert refused(["--model", "bort_4_8_768_1024"]).startswith(
+        f"error: {tmp_path / 'm.json'}: the parameters are of another architecture than --model bort_4_8_768_1024 "
+        "(num_layers 2 vs 4;")
+    run_cli(main)(base + ["--model", "bort_tiny", "--top_k", "2", "--json"])  # consistent: fine
+    out = json.loads(capsys.readouterr().out)
+    assert len(out[0]["masks"][0]) == 2
+    # bytes that are not UTF-8 in the sentence: one line, not a UnicodeEncodeError traceback
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fill_mask.py"), *base[:-1],
+                           b"caf\xe9 <mask>"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "error: sentence 1: not valid UTF-8 (byte 3); pass UTF-8 text", proc.stderr

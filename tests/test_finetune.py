@@ -78,6 +78,23 @@ def test_invalid_jsonl_line_and_missing_pretrained(tmp_path, capsys):
     assert "bort.params: pretrained parameters not found; download bort.params" in capsys.readouterr().err
 
 
+def test_pretrained_parameters_of_another_architecture_than_model_config_are_refused(tmp_path, capsys):
+    from bort.model import build_model, get_config
+    from bort.weights.checkpoint import finish_deferred_init, save_parameters
+
+    config = get_config("bort_tiny", vocab_size=1005)
+    params = str(tmp_path / "bort.params")
+    save_parameters(finish_deferred_init(build_model(config)), params, config)
+    flags = ["--task_name", "WNLI", "--data_dir", "test_data/glue/WNLI", "--pretrained_parameters", params, "--gpu",
+             "999", "--max_len", "32", "--epochs", "1", "--output_dir", str(tmp_path / "o")] + VOCAB_FLAGS
+    with pytest.raises(SystemExit):
+        cli(flags + ["--model_config", "bort_4_8_768_1024"])  # the JSON beside the parameters used to win silently
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {tmp_path / 'bort.json'}: the parameters are of another architecture than "
+                          "--model_config bort_4_8_768_1024 (num_layers 2 vs 4;") and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_run_finetune_test2_on_cpu(tmp_path):
     env = dict(os.environ, OUTPUT_DIR=str(tmp_path / "wsc"))

@@ -229,6 +229,36 @@ def test_predict_script_on_the_naive_engine_matches_the_threaded_one(tmp_path):
     assert rows["naive"] == rows["threaded"] and len(rows["naive"]) == len(examples)
 
 
+def test_predict_script_errors_are_the_last_line_and_come_before_the_work(tmp_path):
+    """MXNet logs "start using engine" when it creates a named engine, lazily, at exit if nothing ran: the
+    script creates it first, so that its one-line error ends the output; an unwritable --output_dir is refused
+    before the model is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    from bort.finetune.checkpoints import build_task_model, save_task_checkpoint
+    from bort.finetune.tasks import get_task
+    from helpers import ROOT
+
+    task = get_task("SST-2")
+    ckpt = str(tmp_path / "sst2.params")
+    save_task_checkpoint(build_task_model(task, get_config("bort_tiny", vocab_size=1005)), ckpt, task)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    env = {k: v for k, v in os.environ.items() if k != "MXNET_ENGINE_TYPE"}
+    for extra, message in ((["--segment", "bogus"], "error: --segment 'bogus': SST-2 has no such segment"),
+                           (["--output_dir", str(a_file)],
+                            f"error: {a_file}: is an existing file; --output_dir must be a directory")):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "predict.py"), "--task_name", "SST-2",
+                               "--model_parameters", ckpt, "--data_dir", "test_data/glue/SST-2", "--mode", "fp32",
+                               "--segment", "dev", *VOCAB_FLAGS, *extra], cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and lines[-1].startswith(message), proc.stderr
+        assert sum(line.startswith("error:") for line in lines) == 1 and "ready in" not in proc.stderr
+
+
 # ---------------------------------------------------------------- OpenMP wait policy (bort.runtime)
 
 

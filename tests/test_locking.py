@@ -1,4 +1,5 @@
 """One run per output directory; a fine-tuning run's result files land as one set described by result.json."""
+import errno
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import run_pretraining_distillation_hvd as pretrain_cli
 from bort.finetune import loop as finetune
 from bort import locking
 from bort.errors import BortError, run_cli
-from helpers import ROOT, VOCAB_FLAGS
+from helpers import ROOT, VOCAB_FLAGS, disk_error, fill_disk, small_disk
 
 WNLI = ["--task_name", "WNLI", "--data_dir", os.path.join(ROOT, "test_data/glue/WNLI"), "--pretrained_parameters",
         "none", "--model_config", "bort_tiny", "--gpu", "999", "--max_len", "32", "--epochs", "1", "--batch_size",
@@ -93,6 +94,30 @@ def test_owned_directory_removes_what_a_failing_run_created(tmp_path):
         with locking.owned_directory(existing):
             raise RuntimeError("boom")
     assert existing.is_dir()  # not ours to remove
+
+
+def test_a_full_disk_leaves_no_empty_lock_file(tmp_path, monkeypatch, capsys):
+    disk = tmp_path / "disk"
+    with small_disk(disk) as mounted:
+        if mounted:
+            fill_disk(disk)
+        else:
+            write = os.write
+
+            def full(fd, data):
+                if os.readlink(f"/proc/self/fd/{fd}").endswith(locking.LOCK_NAME):
+                    raise disk_error(errno.ENOSPC)
+                return write(fd, data)
+            monkeypatch.setattr(os, "write", full)
+            (disk / "filler").write_bytes(b"")
+        with pytest.raises(BortError, match=r"ft/\.bort\.lock: cannot write the lock file \(No space left"):
+            locking.hold_directory(disk / "ft")
+        # the same through a CLI: one line, no directory and no lock file left
+        err = _refused(finetune_bort.main, WNLI + ["--output_dir", str(disk / "ft")], capsys)
+        assert err == f"error: {disk / 'ft' / locking.LOCK_NAME}: cannot write the lock file (No space left on " \
+                      "device; --output_dir)"
+        assert os.listdir(disk) == ["filler"]
+        assert str(disk / "ft") not in locking._held
 
 
 @pytest.mark.slow

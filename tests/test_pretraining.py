@@ -188,6 +188,32 @@ def test_student_can_start_from_parameters(shards, vocab_size, tmp_path):
         np.testing.assert_array_equal(loaded[name], trained[name])
 
 
+def test_a_student_of_another_architecture_or_the_teacher_is_refused(shards, vocab_size, tmp_path, capsys):
+    def saved(name, config_name):
+        config = get_config(config_name, vocab_size=vocab_size)
+        path = str(tmp_path / f"{name}.params")
+        save_parameters(_materialized(config), path, config)
+        return path
+
+    student, teacher = saved("student", "bort_tiny"), saved("teacher", "roberta_tiny")
+    args = ["--data", shards, "--teacher_model", "roberta_tiny", "--num_steps", "1", "--batch_size", "4",
+            "--dtype", "float32", "--ckpt_dir", str(tmp_path / "ck"), "--no_progress"]
+
+    def refused(extra, message):
+        code, err = run_cli(args + extra, capsys)
+        assert code == 2 and err.startswith("error: " + message) and "\n" not in err, err
+        assert not (tmp_path / "ck").exists()
+
+    # the JSON beside --student_params used to win silently over --model
+    refused(["--model", "bort_4_8_768_1024", "--student_params", student, "--random_teacher"],
+            f"{tmp_path / 'student.json'}: the parameters are of another architecture than --model bort_4_8_768_1024")
+    # the teacher's checkpoint as the student: its own file, or a file of its architecture
+    refused(["--student_params", teacher, "--teacher_ckpt_dir", teacher],
+            f"{teacher}: --student_params is the teacher's checkpoint (--teacher_ckpt_dir {teacher})")
+    refused(["--student_params", teacher, "--random_teacher"],
+            f"{teacher}: --student_params holds a model of the teacher's architecture (--teacher_model roberta_tiny")
+
+
 @pytest.mark.slow
 @pytest.mark.horovod
 def test_horovod_two_ranks_match_one_process(shards, tmp_path):

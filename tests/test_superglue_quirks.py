@@ -1,5 +1,6 @@
 """SuperGLUE and RACE: the published formats' quirks, and malformed records as one-line errors (issue 12)."""
 import json
+import logging
 import os
 
 import pytest
@@ -172,7 +173,7 @@ def test_race_count_mismatch_and_types_are_errors(tmp_path, record, message):
         read_race("RACE-H", "train", str(tmp_path))
 
 
-def test_axg_gender_parity_pairs_consecutive_lines(tmp_path):
+def test_axg_gender_parity_pairs_consecutive_lines(tmp_path, caplog):
     # as released: each line has its own pair_id; a minimal pair is lines 2i and 2i+1
     records = [{"hypothesis": "The nurse was tired.", "premise": f"Premise {i}.", "idx": i, "pair_id": 550 + 7 * i,
                 "label": "entailment"} for i in range(6)]
@@ -180,9 +181,14 @@ def test_axg_gender_parity_pairs_consecutive_lines(tmp_path):
     examples = task.read("AX-g", jsonl(tmp_path, "AX-g.jsonl", records))
     metrics = task.metrics([1, 1, 0, 1, 0, 0], task.gold(examples))
     assert metrics == {"accuracy": pytest.approx(0.5), "gender_parity": pytest.approx(2 / 3)}
+    # An odd number of lines: every line is read (and predicted); parity over the complete pairs, with a warning.
     jsonl(tmp_path, "AX-g.jsonl", records[:5])
-    with pytest.raises(BortError, match=r"AX-g.jsonl: 5 examples; expected minimal pairs"):
-        task.read("AX-g", str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        examples = task.read("AX-g", str(tmp_path))
+    assert len(examples) == 5 and "line 5 has no pair" in caplog.text and "the 2 complete pairs" in caplog.text
+    metrics = task.metrics([1, 1, 0, 1, 0], task.gold(examples))
+    assert metrics == {"accuracy": pytest.approx(0.6), "gender_parity": pytest.approx(1 / 2)}
+    assert len(open(task.write_submission([1, 1, 0, 1, 0], examples, str(tmp_path), "AX-g")).readlines()) == 5
     records[3]["hypothesis"] = "The doctor was tired."
     jsonl(tmp_path, "AX-g.jsonl", records)
     with pytest.raises(BortError, match=r"AX-g.jsonl:4: hypothesis differs from the line before"):

@@ -22,7 +22,8 @@ from bort.errors import BortError
 from bort.model import build_model, get_config
 from bort.pretrain.batches import to_nd
 from bort.pretrain.loop import PretrainConfig, parameters_digest, pretrain
-from bort.pretrain.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache)
+from bort.pretrain.teacher_cache import (ARRAYS, CacheReader, bytes_per_position, build_cache, cache_path, read_cache,
+                                         write_cache)
 from bort.pretrain.topk_distill import TopKDistillationLoss, cached_kd_terms, teacher_from_batch
 from data.collate import batchify
 from data.pretraining_format import load_shard
@@ -256,6 +257,70 @@ def test_mismatched_caches_are_refused(shards, caches, teacher_path, vocab_size,
     with pytest.raises(BortError, match="shares the cache file"):
         build_cache(_two_dirs_same_name(shards, tmp_path), str(tmp_path / "c"), teacher_path, cpu_only=True,
                     progress=False)
+
+
+def _damaged(arrays, meta, name, row, value):
+    """Copies of a cache's arrays and meta with one value changed: an array's row, or a meta field (row None)."""
+    arrays, meta = {n: a.copy() for n, a in arrays.items()}, dict(meta)
+    if row is None:
+        meta[name] = value
+    else:
+        arrays[name][row] = value
+    return arrays, meta
+
+
+@pytest.mark.parametrize("name,row,value,message", [
+    ("topk_ids", 3, 65535, "topk_ids: row 3: token id outside the vocabulary"),  # was a segmentation fault
+    ("topk_logits", 5, np.nan, "topk_logits: row 5: not a finite number"),
+    ("log_normalizer", 0, np.inf, "log_normalizer: row 0: not a finite number"),
+    ("log_normalizer", 7, -50.0, "log_normalizer: row 7: below the log-sum-exp of its own top-k logits"),
+    ("rest_mass", 2, 1.5, "rest_mass: row 2: outside [0, 1]"),
+    ("rest_mass", 4, -0.25, "rest_mass: row 4: outside [0, 1]"),
+    ("k", None, "16", "meta_json: 'k' must be an integer, found '16'"),
+    ("vocab_size", None, None, "meta_json: 'vocab_size' must be an integer, found None"),
+    ("temperature", None, -2.0, "meta_json: 'temperature' must be positive"),
+    ("shard_sha256", None, 12, "meta_json: 'shard_sha256' must be a string"),
+])
+def test_damaged_cache_values_are_refused_when_opened(shards, caches, tmp_path, name, row, value, message):
+    source = cache_path(os.path.join(shards, "part-000.npz"), caches[16])
+    meta, arrays = read_cache(source)
+    damaged = str(tmp_path / "part-000.npz.topk")
+    arrays, meta = _damaged(arrays, meta, name, row, value)
+    write_cache(damaged, meta, *(arrays[n] for n in ARRAYS))
+    shard = load_shard(os.path.join(shards, "part-000.npz"))
+    with pytest.raises(BortError) as err:
+        CacheReader(str(tmp_path), T, 16).open(os.path.join(shards, "part-000.npz"), shard)
+    assert str(err.value).startswith(damaged + ": " + message) and "\n" not in str(err.value), err.value
+
+
+def test_a_full_vocabulary_cache_passes_the_normalizer_check(shards, caches):
+    # k = V: the stored normalizer equals the top-k log-sum-exp up to float32 rounding, and must pass.
+    for part in ("part-000.npz", "part-001.npz"):
+        read_cache(cache_path(os.path.join(shards, part), caches[max(caches)]))
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_teacher_runs(shards, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from bort.pretrain import distill
+    from helpers import disk_error, small_disk
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded before the output was checked")
+    monkeypatch.setattr(distill, "load_teacher", no_teacher)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(BortError, match=f"^{a_file}: is an existing file; --cache_dir must be a directory$"):
+        build_cache(shards, str(a_file), cpu_only=True, progress=False)
+    disk = tmp_path / "ro"
+    with small_disk(disk, read_only=True) as mounted:
+        if not mounted:
+            def read_only(*args, **kwargs):
+                raise disk_error(errno.EROFS)
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        with pytest.raises(BortError, match=r"ro/cache: cannot write there \(Read-only file system; --cache_dir\)$"):
+            build_cache(shards, str(disk / "cache"), cpu_only=True, progress=False)
 
 
 def _two_dirs_same_name(shards, tmp_path):

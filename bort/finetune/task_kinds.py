@@ -196,7 +196,8 @@ class ClassificationTask(Task):
         if "macro_f1" in self.metric_names:
             out["macro_f1"] = M.macro_f1(preds, labels, num_classes=len(self.labels))
         if "gender_parity" in self.metric_names:
-            out["gender_parity"] = M.gender_parity(preds)
+            preds = list(preds)  # AX-g: the minimal pairs of lines 2i, 2i+1; a last odd line has no pair
+            out["gender_parity"] = M.gender_parity(preds[:len(preds) - len(preds) % 2])
         return out
 
 

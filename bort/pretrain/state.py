@@ -62,10 +62,16 @@ def save_checkpoint(ckpt_dir, step, model, model_config, trainer, state):
     # Rewriting a step (a resume from an earlier one): it stops being complete before any of its files changes.
     with contextlib.suppress(FileNotFoundError):
         os.remove(prefix + ".state.json")
-    params_sha256 = save_parameters(model, prefix + ".params", model_config)  # hashed while written
-    # .states, then .state.json (the commit marker, with the checksums of the files it completes)
-    save_training_state(prefix, trainer, state,
-                        companions={prefix + ".params": params_sha256, prefix + ".json": None})
+    try:
+        params_sha256 = save_parameters(model, prefix + ".params", model_config)  # hashed while written
+        # .states, then .state.json (the commit marker, with the checksums of the files it completes)
+        save_training_state(prefix, trainer, state,
+                            companions={prefix + ".params": params_sha256, prefix + ".json": None})
+    except BortError:  # e.g. a full disk: no incomplete checkpoint stays behind
+        for ext in (".params", ".json", ".states", ".state.json"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(prefix + ext)
+        raise
     return prefix
 
 

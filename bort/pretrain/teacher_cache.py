@@ -21,8 +21,8 @@ atomically. Its M rows are the shard's masked positions in shard order (instance
 | `rest_mass` | float32 | (M,) | Σ_{v ∉ top-k} softmax(t / T)_v, summed over the tokens outside the top-k |
 
 A cache is checked against the shard (SHA-256 of its token ids, masked positions and labels), the requested k
-and temperature, and the teacher checkpoint when one is named (SHA-256 of its files); any mismatch is a
-one-line error naming the cache file.
+and temperature, and the teacher checkpoint when one is named (SHA-256 of its files), and every value is checked
+(bort.pretrain.cache_validation); any mismatch is a one-line error naming the cache file.
 """
 import functools
 import hashlib
@@ -37,7 +37,8 @@ import mxnet as mx
 import numpy as np
 
 from bort.errors import BortError
-from bort.io import atomic_path, hash_file
+from bort.io import atomic_path, check_writable, hash_file
+from bort.pretrain.cache_validation import check_meta, check_values
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +135,17 @@ def read_cache(path):
             arrays = {name: npz[name] for name in ARRAYS}
     except BortError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+    except (OSError, ValueError, TypeError, EOFError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
         raise BortError(f"{path}: corrupt or truncated teacher cache ({type(err).__name__}: "
                         f"{' '.join(str(err).split())})") from None
-    m, k = int(meta.get("num_positions", -1)), int(meta.get("k", -1))
+    check_meta(path, meta)
+    m, k = meta["num_positions"], meta["k"]
     for name in ARRAYS:
         shape = (m, k) if name.startswith("topk") else (m,)
         if arrays[name].shape != shape:
             raise BortError(f"{path}: {name}: expected shape {shape} (num_positions x k), found "
                             f"{arrays[name].shape}")
+    check_values(path, arrays, meta["vocab_size"], meta["temperature"])
     return meta, arrays
 
 
@@ -352,6 +355,8 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
             raise BortError(f"{path}: shares the cache file {target} with {targets[target]}; cache shards of "
                             f"different directories into different --cache_dir (or '{BESIDE}')")
         targets[target] = path
+    for directory in sorted({os.path.dirname(target) for target in targets}):  # before the teacher runs
+        check_writable(directory, "--cache_dir" if cache_dir not in (None, "", BESIDE) else "--cache_dir beside")
     mine = [p for i, p in enumerate(paths) if i % dist.size == dist.rank]
     use_gpu = not cpu_only and mx.context.num_gpus() > 0
     ctx = mx.gpu(dist.local_rank) if use_gpu else mx.cpu()

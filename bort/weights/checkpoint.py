@@ -4,13 +4,14 @@
 read with the config the caller names. Files are MXNet's NDArray format (`mx.nd.save`), which is not
 pickle. Training state (optimizer, step, data position, RNG) goes in `<name>.states` and `<name>.state.json`.
 """
+import json
 import os
 
 import bort  # noqa: F401
 import mxnet as mx
 
 from bort.errors import BortError
-from bort.io import file_sha256, read_json, write_json
+from bort.io import atomic_write, file_sha256, read_json, write_json
 from bort.model import ModelConfig, build_model, get_config
 from bort.validation import check_config_fits_file, validate_training_state
 from bort.weights.ndarray_file import save_ndarrays
@@ -111,13 +112,18 @@ def _context_of(params):
 
 
 def save_parameters(block, path, config=None):
-    """Write `path` atomically (and the config JSON beside it when given); returns the SHA-256 of `path`,
-    computed while writing."""
-    if config is not None:
-        write_json(config_path(path), config.to_dict() if isinstance(config, ModelConfig) else config)
+    """Write `path` atomically, and the config JSON beside it when given: both files or neither (the JSON lands
+    only once the parameters have). Returns the SHA-256 of `path`, computed while writing; a full disk is a one-line
+    BortError (bort.io.atomic_path)."""
     arrays = {name: param.data() for name, param in block._collect_params_with_prefix().items()}
     # Tied weights appear under two names; keep both so the file matches gluon-nlp's layout.
-    return save_ndarrays(path, arrays)
+    if config is None:
+        return save_ndarrays(path, arrays)
+    with atomic_write(config_path(path)) as handle:
+        json.dump(config.to_dict() if isinstance(config, ModelConfig) else config, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        handle.flush()
+        return save_ndarrays(path, arrays)
 
 
 def read_config(params_path, fallback=None):
@@ -128,6 +134,29 @@ def read_config(params_path, fallback=None):
     if fallback is None:
         raise BortError(f"{params_path}: no config {path} beside it; pass the model config name explicitly")
     return fallback if isinstance(fallback, ModelConfig) else get_config(fallback)
+
+
+# What makes two configs the same network (vocabulary size, dropout and padding id are the run's business).
+ARCHITECTURE_FIELDS = ("num_layers", "units", "hidden_size", "num_heads", "max_length", "token_type_vocab_size",
+                       "activation", "family")
+
+
+def architecture_differences(a, b):
+    """['field: a_value vs b_value', ...] where ModelConfigs `a` and `b` describe different networks."""
+    return [f"{f} {getattr(a, f)} vs {getattr(b, f)}" for f in ARCHITECTURE_FIELDS if getattr(a, f) != getattr(b, f)]
+
+
+def check_named_architecture(params_path, named, flag):
+    """One-line error when the config JSON beside `params_path` describes another network than `named` (a config
+    name or JSON path the user gave with `flag`; None: nothing named): the JSON would silently win over it.
+    Nothing to check without a parameter file or without its JSON."""
+    if named is None or not params_path or not os.path.isfile(params_path) or \
+            not os.path.isfile(config_path(params_path)):
+        return
+    differ = architecture_differences(read_config(params_path), get_config(named))
+    if differ:
+        raise BortError(f"{config_path(params_path)}: the parameters are of another architecture than {flag} "
+                        f"{named} ({'; '.join(differ)}); pass the {flag} they were trained with, or leave it out")
 
 
 def load_model(params_path, config=None, use_decoder=True, ctx=None, allow_missing=(), **overrides):

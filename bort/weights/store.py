@@ -15,7 +15,9 @@ import pickle
 import re
 
 from bort.errors import BortError
+from bort.model import get_config
 from bort.paths import RELEASED_BORT
+from bort.weights.checkpoint import architecture_differences, check_named_architecture, config_path, read_config
 from bort.text.gluonnlp_files import GLUONNLP_DATASET, file_sha1, gluonnlp_models_dir
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,28 @@ def student_params_path(student_params, pretrained=False):
         raise BortError(f"{RELEASED_BORT}: --pretrained starts the student from the released Bort parameters, "
                         f"which are not there (see model/README.md); or pass --student_params FILE")
     return RELEASED_BORT
+
+
+def check_student_params(params_path, named_model, teacher_spec, teacher_model):
+    """The student's parameters (`params_path`, or None) must be a student's: not the teacher's own file
+    (--teacher_ckpt_dir), not of the teacher's architecture (--teacher_model), and of the architecture --model
+    names when it was given (`named_model`, None when left out). One-line errors."""
+    if not params_path:
+        return
+    check_named_architecture(params_path, named_model, "--model")
+    if teacher_spec and os.path.exists(teacher_spec):
+        teacher_files = [teacher_spec] if os.path.isfile(teacher_spec) else \
+            [os.path.join(teacher_spec, f) for f in os.listdir(teacher_spec)]
+        if any(os.path.isfile(f) and os.path.samefile(params_path, f) for f in teacher_files):
+            raise BortError(f"{params_path}: --student_params is the teacher's checkpoint (--teacher_ckpt_dir "
+                            f"{teacher_spec}); the student starts from a student's parameters or from scratch")
+    if str(teacher_model).lower() in ("none", "") or not os.path.isfile(config_path(params_path)):
+        return
+    student, teacher = read_config(params_path), get_config(teacher_model)
+    if not architecture_differences(student, teacher):
+        raise BortError(f"{params_path}: --student_params holds a model of the teacher's architecture "
+                        f"(--teacher_model {teacher_model}: {student.num_layers} layers, {student.units} units); "
+                        f"a checkpoint of the teacher cannot be the student")
 
 
 def original_states_files(params_path):
