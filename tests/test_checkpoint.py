@@ -1,5 +1,6 @@
 """Parameter files: round trips, strict one-line errors, config beside the weights, atomic saves, training state."""
 import json
+import errno
 import os
 import re
 import subprocess
@@ -131,16 +132,15 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
 
 
 def _mxnet_full_disk(monkeypatch, fail_on=""):
-    """Without a small tmpfs: mx.nd.save as it behaves on a full disk (a partial file, then MXNet's error)."""
-    save = mx.nd.save
+    """Without a small tmpfs: the checkpoint writer as it behaves on a full disk (a partial file, then ENOSPC)."""
+    write = ndarray_file.HashingWriter.write
 
-    def full(fname, data):
-        if fail_on not in os.path.basename(fname):
-            return save(fname, data)
-        with open(fname, "wb") as handle:
-            handle.write(b"partial")
-        raise mx.base.MXNetError("Check failed: std::fwrite(ptr, 1, size, fp_) == size: FileStream.Write incomplete")
-    monkeypatch.setattr(checkpoint.mx.nd, "save", full)
+    def full(writer, data):
+        if fail_on not in os.path.basename(writer.handle.name):
+            return write(writer, data)
+        writer.handle.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(ndarray_file.HashingWriter, "write", full)
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_checkpoint_file(tmp_path, monkeypatch):
@@ -152,7 +152,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_checkpoint_file(tmp_path, monkeyp
         if not mounted:
             _mxnet_full_disk(monkeypatch)
         message = _one_line_error(save_parameters, model, disk / "m.params", config)
-        assert message == f"{disk / 'm.params'}: cannot write (the disk is full); nothing was written"
+        assert message == f"{disk / 'm.params'}: cannot write (No space left on device); nothing was written"
         assert os.listdir(disk) == []  # neither the parameters nor their JSON
     # A pretraining checkpoint whose .states do not fit: none of the step's files stays (no orphan step_N.json).
     net = _net(0)
