@@ -16,9 +16,10 @@ from data.pretraining import create_pretraining_data
 from data.pretraining_format import load_shard
 from data.pretraining_instances import InstanceOptions
 from helpers import MERGES, ROOT, SAMPLE_TEXT, VOCAB_FLAGS, VOCAB_JSON
-ARRAYS = {"input_ids": np.int32, "segment_ids": np.int32, "input_offsets": np.int64,
-          "masked_lm_positions": np.int32, "masked_lm_ids": np.int32, "masked_offsets": np.int64,
-          "next_sentence_labels": np.int32, "format_version": np.int32, "vocab_size": np.int32,
+# Format version 2 with the test vocabulary (1005 ids: uint16) and max_seq_length 64 (positions: uint8).
+ARRAYS = {"input_ids": np.uint16, "segment_b_starts": np.uint8, "input_lengths": np.uint8,
+          "masked_lm_positions": np.uint8, "masked_lm_ids": np.uint16, "masked_counts": np.uint8,
+          "next_sentence_labels": np.uint8, "format_version": np.int32, "vocab_size": np.int32,
           "pad_id": np.int32, "mask_id": np.int32, "bos_id": np.int32, "eos_id": np.int32}
 
 
@@ -66,20 +67,21 @@ def test_shard_arrays_shapes_dtypes_and_wrapping(tok, tmp_path):
     summary = run(tok, SAMPLE_TEXT, tmp_path, options=InstanceOptions(max_seq_length=64))
     [path] = shards(tmp_path)
     with np.load(path, allow_pickle=False) as npz:
-        assert set(npz.files) >= set(ARRAYS)
+        assert set(npz.files) == set(ARRAYS) | {"max_seq_length"}  # no int32 segment_ids, no offsets
         arrays = {name: npz[name] for name in npz.files}
     for name, dtype in ARRAYS.items():
         assert arrays[name].dtype == dtype, name
     n = len(arrays["next_sentence_labels"])
     assert n == summary["instances"] > 0
-    assert arrays["input_offsets"].shape == arrays["masked_offsets"].shape == (n + 1,)
-    assert arrays["segment_ids"].shape == arrays["input_ids"].shape == (arrays["input_offsets"][-1],)
-    assert arrays["masked_lm_ids"].shape == arrays["masked_lm_positions"].shape == (arrays["masked_offsets"][-1],)
-    assert int(arrays["format_version"]) == 1 and int(arrays["vocab_size"]) == tok.vocab_size
+    assert arrays["input_lengths"].shape == arrays["masked_counts"].shape == arrays["segment_b_starts"].shape == (n,)
+    assert arrays["input_ids"].shape == (arrays["input_lengths"].sum(dtype=np.int64),)
+    assert arrays["masked_lm_ids"].shape == arrays["masked_lm_positions"].shape == (arrays["masked_counts"].sum(),)
+    assert int(arrays["format_version"]) == 2 and int(arrays["vocab_size"]) == tok.vocab_size
     assert (int(arrays["mask_id"]), int(arrays["bos_id"]), int(arrays["eos_id"])) == (tok.mask_id, tok.bos_id,
                                                                                         tok.eos_id)
     shard = load_shard(path)
-    assert len(shard) == n and list(shard.lengths) == list(np.diff(arrays["input_offsets"]))
+    assert len(shard) == n and list(shard.lengths) == list(arrays["input_lengths"])
+    assert shard.metadata["format_version"] == 2 and shard.batch.input_ids.dtype == np.int32
     for inst in shard:
         assert inst.input_ids[0] == tok.bos_id and inst.input_ids[-1] == tok.eos_id
         assert 4 <= len(inst.input_ids) <= 64
