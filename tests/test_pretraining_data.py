@@ -358,6 +358,36 @@ def test_existing_shards_are_replaced_atomically(tok, tmp_path):
     assert open(shards(tmp_path)[0], "rb").read() == before  # a failed run keeps the previous shard
 
 
+def test_a_rerun_with_fewer_outputs_refuses_the_earlier_runs_extra_shards(tok, tmp_path, capsys):
+    """Old code warned and wrote 2 new shards beside 2 stale ones, which training on the directory then read."""
+    out = tmp_path / "out"
+    run(tok, SAMPLE_TEXT, out, num_outputs=4)
+    before = {p: open(p, "rb").read() for p in shards(out)}
+    code, errors, _ = cli(["--input_file", SAMPLE_TEXT, "--output_dir", str(out), *VOCAB_FLAGS, "--num_outputs", "2",
+                           "--num_workers", "1", "--no_progress"], capsys)
+    assert code == 2 and len(errors) == 1, errors
+    assert "earlier run" in errors[0] and "part-002.npz, part-003.npz" in errors[0] and "--num_outputs 2" in errors[0]
+    assert {p: open(p, "rb").read() for p in shards(out)} == before  # nothing replaced
+    assert run(tok, SAMPLE_TEXT, out, num_outputs=4)["num_outputs"] == 4  # the same number replaces them
+
+
+def test_format_version_1_on_request(tmp_path):
+    out = tmp_path / "out"
+    import create_pretraining_data as cpd
+
+    cpd.main(["--input_file", SAMPLE_TEXT, "--output_dir", str(out), *VOCAB_FLAGS, "--format_version", "1",
+              "--num_workers", "1", "--no_progress", "--max_seq_length", "64"])
+    with np.load(shards(out)[0], allow_pickle=False) as npz:
+        assert int(npz["format_version"]) == 1 and npz["input_ids"].dtype == np.int32
+    assert json.loads((out / "summary.json").read_text())["format_version"] == 1
+    v2 = tmp_path / "v2"
+    summary = create_pretraining_data(SAMPLE_TEXT, str(v2), load_tokenizer(vocab_json=VOCAB_JSON, merges=MERGES),
+                                      InstanceOptions(max_seq_length=64), progress=False)
+    assert summary["format_version"] == 2
+    for a, b in zip(load_shard(shards(out)[0]), load_shard(shards(v2)[0])):  # the same instances
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_chunks_cut_at_blank_lines_whatever_the_read_size(tmp_path, monkeypatch):
     import data.pretraining as pretraining
 
