@@ -27,13 +27,12 @@ from bort.io import write_json
 from bort.locking import owned_directory, release_directory
 from data.pretraining_format import FORMAT_VERSION, ShardWriter
 from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
-from data.shard_files import expand_paths
+from data.shard_files import SUMMARY_NAME, expand_paths
 from data.workers import run_in_workers, sigterm_stops_workers
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 17
-SUMMARY_NAME = "summary.json"
 STAT_KEYS = ("lines", "skipped_lines", "documents", "sentences", "tokens", "instances", "instance_tokens",
              "masked_positions")
 

@@ -176,3 +176,45 @@ def test_list_shards_expands_dirs_globs_and_lists(tmp_path):
     empty.mkdir()
     with pytest.raises(BortError, match="holds no shard files"):
         list_shards(str(empty))
+
+
+def test_existing_paths_with_glob_characters_are_taken_literally(tmp_path):
+    """Old code globbed `part-[0].npz` to `part-0.npz` and `run[1]/*.npz` to `run1/*.npz`: another file."""
+    for name in ("part-[0].npz", "part-0.npz", "run[1]/part-000.npz", "run1/part-000.npz"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert list_shards(str(tmp_path / "part-[0].npz")) == [str(tmp_path / "part-[0].npz")]
+    assert list_shards(str(tmp_path / "run[1]" / "*.npz")) == [str(tmp_path / "run[1]" / "part-000.npz")]
+    assert list_shards(str(tmp_path / "run[1]")) == [str(tmp_path / "run[1]" / "part-000.npz")]
+    assert list_shards(str(tmp_path / "part-[0-9].npz")) == [str(tmp_path / "part-0.npz")]  # a pattern still globs
+
+
+def test_a_directory_refuses_shards_older_than_its_summary_that_it_does_not_list(tmp_path):
+    """A directory written by a run with --num_outputs 4 and again (by earlier code, which only warned) with 2."""
+    import json
+    import os
+
+    for i in range(4):
+        (tmp_path / f"part-00{i}.npz").write_bytes(b"x")
+        os.utime(tmp_path / f"part-00{i}.npz", (1000, 1000))
+    (tmp_path / "summary.json").write_text(json.dumps({"shards": ["part-000.npz", "part-001.npz"]}))
+    for i in range(2):
+        os.utime(tmp_path / f"part-00{i}.npz", None)  # rewritten by the second run
+    with pytest.raises(BortError, match=r"part-002.npz, part-003.npz predate its summary.json .* 2 shard"):
+        list_shards(str(tmp_path))
+    assert len(list_shards(f"{tmp_path}/part-00*.npz")) == 4  # named explicitly: taken as meant
+    for i in (2, 3):
+        os.utime(tmp_path / f"part-00{i}.npz", None)  # added after the summary: taken as meant
+    assert len(list_shards(str(tmp_path))) == 4
+
+
+def test_special_ids_outside_the_vocabulary_are_refused_at_open(tmp_path):
+    from data.shard_files import check_shards_fit
+
+    instances = random_instances(np.random.default_rng(5), 8)
+    for name, value in (("pad_id", 50), ("mask_id", 77), ("pad_id", -1)):
+        path = tmp_path / f"{name}{value}.npz"
+        write_shard(path, InstanceBatch.from_instances(instances), dict(META, **{name: value}))
+        for read in (load_shard, lambda p: check_shards_fit([p], max_length=64)):
+            with pytest.raises(BortError, match=rf"{path.name}: {name} {value} is outside the vocabulary \(0..49\)"):
+                read(path)
