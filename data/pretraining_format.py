@@ -133,7 +133,8 @@ def smallest_uint(max_value):
 
 def _narrow(name, array, dtype):
     """`array` as `dtype`, refusing values the type cannot hold (a cast would wrap them silently)."""
-    if len(array) and (array.min() < 0 or array.max() > np.iinfo(dtype).max):
+    info = np.iinfo(dtype)
+    if len(array) and (array.min() < info.min or array.max() > info.max):
         raise ValueError(f"{name}: values {array.min()}..{array.max()} do not fit {np.dtype(dtype).name}")
     return array.astype(dtype, copy=False)
 
