@@ -182,22 +182,17 @@ def process_chunk(chunk, tokenizer, options, vocab, skip_invalid_utf8=False):
 # The whole job
 
 
-def _prepare_output_dir(output_dir, shard_paths):
-    """Check the (locked) output directory and remove temporary files a killed earlier run left behind.
+def _stale_shards(output_dir, shard_paths):
+    """Shards of an earlier run (with more --num_outputs) that this run does not replace."""
+    written = {os.path.abspath(p) for p in shard_paths}
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(output_dir), "part-*.npz"))
+                  if os.path.abspath(p) not in written)
 
-    Shards of an earlier run that this run would not replace (it had more --num_outputs) are refused: training
-    on the directory would read them beside the new ones.
-    """
+
+def _prepare_output_dir(output_dir):
+    """Check the (locked) output directory and remove temporary files a killed earlier run left behind."""
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise BortError(f"{output_dir}: output directory is not writable")
-    written = {os.path.abspath(p) for p in shard_paths}
-    stale = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(output_dir), "part-*.npz"))
-                   if os.path.abspath(p) not in written)
-    if stale:
-        raise BortError(f"{output_dir}: holds shards of an earlier run that this run (--num_outputs "
-                        f"{len(shard_paths)}) would not replace ({', '.join(stale[:3])}{', …' if len(stale) > 3 else ''}"
-                        "), and training on the directory would read them too; remove them or choose another "
-                        "--output_dir")
     for leftover in glob.glob(os.path.join(glob.escape(output_dir), _TEMPORARY_SHARDS)):
         with contextlib.suppress(OSError):
             os.remove(leftover)
@@ -263,7 +258,7 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
 def _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8, progress,
             chunk_bytes, extra_summary, total_lines, start, finished_shards, format_version):
     shard_paths = [os.path.join(output_dir, shard_name(i)) for i in range(num_outputs)]
-    _prepare_output_dir(output_dir, shard_paths)
+    _prepare_output_dir(output_dir)
     vocab = MaskingVocab.from_tokenizer(tokenizer, options.whole_word_mask)
     metadata = {"vocab_size": vocab.vocab_size, "pad_id": vocab.eos_id if vocab.pad_id is None else vocab.pad_id,
                 "mask_id": vocab.mask_id, "bos_id": vocab.bos_id, "eos_id": vocab.eos_id,
@@ -308,6 +303,12 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
             writer.abort()
         raise
     seconds = time.time() - start
+    stale = _stale_shards(output_dir, shard_paths)
+    if stale:  # training on the directory would read them beside this run's shards
+        logger.warning("removing %d shard(s) of an earlier run with more --num_outputs from %s: %s", len(stale),
+                       output_dir, ", ".join(os.path.basename(p) for p in stale))
+        for path in stale:
+            os.remove(path)
     summary = dict(totals, seconds=round(seconds, 3), tokens_per_second=round(totals["tokens"] / seconds, 1),
                    num_workers=num_workers, num_outputs=num_outputs, input_files=input_files,
                    shards=[os.path.basename(p) for p in shard_paths], format_version=format_version,

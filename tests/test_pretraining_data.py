@@ -358,17 +358,19 @@ def test_existing_shards_are_replaced_atomically(tok, tmp_path):
     assert open(shards(tmp_path)[0], "rb").read() == before  # a failed run keeps the previous shard
 
 
-def test_a_rerun_with_fewer_outputs_refuses_the_earlier_runs_extra_shards(tok, tmp_path, capsys):
-    """Old code warned and wrote 2 new shards beside 2 stale ones, which training on the directory then read."""
+def test_a_rerun_with_fewer_outputs_removes_the_earlier_runs_extra_shards(tok, tmp_path, caplog):
+    """Old code warned and left 2 stale shards beside the 2 new ones, which training on the directory then read."""
     out = tmp_path / "out"
     run(tok, SAMPLE_TEXT, out, num_outputs=4)
-    before = {p: open(p, "rb").read() for p in shards(out)}
-    code, errors, _ = cli(["--input_file", SAMPLE_TEXT, "--output_dir", str(out), *VOCAB_FLAGS, "--num_outputs", "2",
-                           "--num_workers", "1", "--no_progress"], capsys)
-    assert code == 2 and len(errors) == 1, errors
-    assert "earlier run" in errors[0] and "part-002.npz, part-003.npz" in errors[0] and "--num_outputs 2" in errors[0]
-    assert {p: open(p, "rb").read() for p in shards(out)} == before  # nothing replaced
-    assert run(tok, SAMPLE_TEXT, out, num_outputs=4)["num_outputs"] == 4  # the same number replaces them
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n")
+    with pytest.raises(BortError):  # a failed rerun keeps the earlier run's shards, all of them
+        run(tok, str(blank), out, num_outputs=2)
+    assert len(shards(out)) == 4
+    summary = run(tok, SAMPLE_TEXT, out, num_outputs=2)
+    assert [os.path.basename(p) for p in shards(out)] == summary["shards"] == ["part-000.npz", "part-001.npz"]
+    assert "removing 2 shard(s) of an earlier run" in caplog.text and "part-002.npz, part-003.npz" in caplog.text
+    assert sum(len(load_shard(p)) for p in shards(out)) == summary["instances"]
 
 
 def test_format_version_1_on_request(tmp_path):
