@@ -37,6 +37,7 @@ import numpy as np
 
 from bort.errors import BortError
 from bort.io import atomic_path
+from data.shard_checks import check, validate_layout, validate_metadata, validate_ranges
 
 FORMAT_VERSION = 2
 METADATA_FIELDS = ("vocab_size", "pad_id", "mask_id", "bos_id", "eos_id", "max_seq_length")
@@ -315,73 +316,17 @@ def _one_line(err):
     return " ".join(str(err).split())
 
 
-def _check(path, condition, what):
-    if not condition:
-        raise BortError(f"{path}: {what}")
-
-
-def _validate_metadata(path, metadata):
-    """vocab_size positive and the special ids inside it: a `pad_id` or `mask_id` outside the vocabulary would
-    pad or mask with an id the embedding clips to another row."""
-    vocab_size = metadata.get("vocab_size")
-    if vocab_size is None:
-        return
-    _check(path, vocab_size > 0, f"vocab_size: expected a positive integer, found {vocab_size}")
-    for name in ("pad_id", "mask_id", "bos_id", "eos_id"):
-        value = metadata.get(name)
-        _check(path, value is None or 0 <= value < vocab_size,
-               f"{name} {value} is outside the vocabulary (0..{vocab_size - 1})")
-
-
-def _validate_ranges(path, batch, metadata):
-    """Token ids and labels inside the shard's vocabulary, lengths within its max_seq_length: MXNet's Embedding
-    clips out-of-range ids, so a bad id would otherwise train silently on the wrong row."""
-    vocab_size, max_len = metadata.get("vocab_size"), metadata.get("max_seq_length")
-    _validate_metadata(path, metadata)
-    if vocab_size is not None:
-        for name, ids in (("input_ids", batch.input_ids), ("masked_lm_ids", batch.masked_ids)):
-            bad = np.flatnonzero((ids < 0) | (ids >= vocab_size))
-            _check(path, not len(bad), f"{name}: id {ids[bad[0]] if len(bad) else 0} at index "
-                                       f"{bad[0] if len(bad) else 0} is outside the vocabulary (0..{vocab_size - 1})")
-    _check(path, not len(batch.segment_ids) or batch.segment_ids.min() >= 0, "segment_ids: expected ids >= 0")
-    labels = batch.next_sentence_labels
-    _check(path, np.all((labels == 0) | (labels == 1)), "next_sentence_labels: expected 0 or 1")
-    if max_len is not None and len(batch):
-        longest = int(np.diff(batch.input_offsets).max())
-        _check(path, longest <= max_len, f"an instance of {longest} tokens is longer than the shard's "
-                                         f"max_seq_length {max_len}")
-
-
-def _validate(path, batch):
-    n = len(batch)
-    for name, offsets, flat in (("input_offsets", batch.input_offsets, batch.input_ids),
-                                ("masked_offsets", batch.masked_offsets, batch.masked_positions)):
-        _check(path, offsets.ndim == 1 and len(offsets) == n + 1,
-               f"{name}: expected {n + 1} offsets (one more than next_sentence_labels), found shape {offsets.shape}")
-        _check(path, offsets[0] == 0 and offsets[-1] == len(flat) and np.all(np.diff(offsets) >= 0),
-               f"{name}: expected non-decreasing offsets from 0 to {len(flat)}")
-    _check(path, batch.segment_ids.shape == batch.input_ids.shape,
-           f"segment_ids: expected shape {batch.input_ids.shape} like input_ids, found {batch.segment_ids.shape}")
-    _check(path, batch.masked_ids.shape == batch.masked_positions.shape,
-           f"masked_lm_ids: expected shape {batch.masked_positions.shape} like masked_lm_positions, "
-           f"found {batch.masked_ids.shape}")
-    lengths = np.diff(batch.input_offsets)
-    per_position = np.repeat(lengths, np.diff(batch.masked_offsets))
-    _check(path, np.all((batch.masked_positions >= 0) & (batch.masked_positions < per_position)),
-           "masked_lm_positions: expected positions inside their instance")
-
-
 def _integer(path, npz, name, ndim=1):
     array = npz[name]
-    _check(path, array.dtype.kind in "iu" and array.ndim == ndim,
-           f"{name}: expected a {ndim}-d integer array, found {array.dtype} with shape {array.shape}")
+    check(path, array.dtype.kind in "iu" and array.ndim == ndim,
+          f"{name}: expected a {ndim}-d integer array, found {array.dtype} with shape {array.shape}")
     return array
 
 
 def _read_current(path, npz):
     version = int(_integer(path, npz, "format_version", ndim=0))
-    _check(path, 1 <= version <= FORMAT_VERSION,
-           f"format_version {version} is not one this reader knows (1..{FORMAT_VERSION}); update the code")
+    check(path, 1 <= version <= FORMAT_VERSION,
+          f"format_version {version} is not one this reader knows (1..{FORMAT_VERSION}); update the code")
     if version == 1:
         batch = InstanceBatch(*(_integer(path, npz, name) for name in (
             "input_ids", "segment_ids", "input_offsets", "masked_lm_positions", "masked_lm_ids", "masked_offsets",
@@ -390,8 +335,9 @@ def _read_current(path, npz):
         input_offsets = _offsets(_integer(path, npz, "input_lengths"))
         if "segment_b_starts" in npz.files:
             b_starts = _integer(path, npz, "segment_b_starts").astype(np.int64)
-            _check(path, b_starts.shape == input_offsets[1:].shape and np.all(b_starts <= np.diff(input_offsets)),
-                   "segment_b_starts: expected one start per instance, within the instance")
+            check(path, b_starts.shape == input_offsets[1:].shape and np.all(b_starts >= 0)
+                  and np.all(b_starts <= np.diff(input_offsets)),
+                  "segment_b_starts: expected one start per instance, within the instance")
             segment_ids = two_segment_ids(input_offsets, b_starts)
         elif "segment_ids" in npz.files:
             segment_ids = _integer(path, npz, "segment_ids")
@@ -455,8 +401,8 @@ def load_shard(path, allow_legacy_pickle=False):
     except (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, AttributeError,
             zipfile.BadZipFile) as err:
         raise BortError(f"{path}: corrupt or truncated shard ({type(err).__name__}: {_one_line(err)})") from None
-    _validate(path, batch)
-    _validate_ranges(path, batch, metadata)
+    validate_layout(path, batch)
+    validate_ranges(path, batch, metadata)
     return PretrainingShard(batch, metadata, path=path, legacy=legacy)
 
 
@@ -469,7 +415,7 @@ def read_shard_metadata(path, allow_legacy_pickle=False):
             if "format_version" in npz.files:
                 metadata = {name: int(_integer(path, npz, name, ndim=0)) for name in METADATA_FIELDS
                             if name in npz.files}
-                _validate_metadata(path, metadata)
+                validate_metadata(path, metadata)
                 return metadata
     except BortError:
         raise
