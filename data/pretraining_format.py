@@ -17,15 +17,14 @@ default) stores every array in the smallest unsigned type that holds its values:
 | `vocab_size`, `pad_id`, `mask_id`, `bos_id`, `eos_id`, `max_seq_length` | int32 | () | vocabulary metadata |
 
 ID is uint8, uint16 (RoBERTa's 50,265 ids) or uint32, whichever first holds `vocab_size - 1`; POS likewise for
-`max_seq_length`; no segment array means all segment ids are 0. Version 1 stored `input_ids`, `segment_ids`,
-`masked_lm_positions`, `masked_lm_ids` and `next_sentence_labels` as int32 and `input_offsets`/`masked_offsets`
-(n+1 cumulative counts) as int64: 8 bytes per token instead of 2. Both are read; `format_version=1` still writes 1.
+`max_seq_length`; no segment array means all segment ids are 0. Version 1 (still read, and written on request)
+stores ids, segment ids, positions and labels as int32 and `input_offsets`/`masked_offsets` (n+1 cumulative
+counts) as int64: 8 bytes per token instead of 2. In memory every version is an `InstanceBatch` of int32 arrays.
 
 `pad_id` is the id to pad batches with (`</s>` when the vocabulary has no `<pad>`). All arrays are plain
 integers, so `np.load(path, allow_pickle=False)` reads them; the file is an uncompressed zip of `.npy` files (what
 `np.savez` writes), streamed from disk, with fixed zip timestamps so that equal content gives equal bytes. The
 legacy gluon-nlp/Bort format (numpy object arrays, which need unpickling) is read only when the caller opts in.
-In memory a shard is always an `InstanceBatch` of int32 arrays with offsets, whatever its version.
 """
 import collections
 import os
@@ -49,12 +48,6 @@ _COPY_BLOCK = 1 << 20
 
 Instance = collections.namedtuple(
     "Instance", ["input_ids", "segment_ids", "masked_positions", "masked_ids", "next_sentence_label"])
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _offsets(lengths):
@@ -181,10 +174,8 @@ class ShardWriter:
         directory = os.path.dirname(os.path.abspath(self.path))
         self._spool = {name: tempfile.TemporaryFile(dir=directory) for name in self._columns}
         self._count = dict.fromkeys(self._columns, 0)
-        self._tokens = 0
-        self._masked = 0
-        self._segments_nonzero = False  # version 2: which segment array close() keeps
-        self._segments_two_part = True
+        self._tokens = self._masked = 0
+        self._segments_nonzero, self._segments_two_part = False, True  # version 2: the segment array to keep
         if format_version == 1:
             self._write("input_offsets", np.zeros(1, np.int64))
             self._write("masked_offsets", np.zeros(1, np.int64))
@@ -260,7 +251,6 @@ class ShardWriter:
                         with self._entry(zf, name) as out:
                             np.lib.format.write_array(out, np.array(scalars[name], dtype=np.int32),
                                                       allow_pickle=False)
-                os.chmod(tmp, 0o666 & ~_umask())  # the permissions a plain open() would give
         finally:
             self.abort()
 
