@@ -11,7 +11,7 @@ default) stores every array in the smallest unsigned type that holds its values:
 | `masked_lm_ids` | ID | (M,) | the original token ids at those positions (the labels) |
 | `masked_counts` | POS | (n,) | instance i's number of masked positions |
 | `next_sentence_labels` | uint8 | (n,) | 1 when segment B is a random continuation (kept for format compatibility) |
-| `segment_b_starts` | POS | (n,) | only when every instance's segment ids are 0…0 1…1 and not all 0: where 1 starts |
+| `segment_b_starts` | POS | (n,) | only when all segment ids are 0…0 1…1 per instance, not all 0: where 1 starts |
 | `segment_ids` | uint8 | (T,) | only when segment ids are neither all 0 nor of that form |
 | `format_version` | int32 | () | 2 |
 | `vocab_size`, `pad_id`, `mask_id`, `bos_id`, `eos_id`, `max_seq_length` | int32 | () | vocabulary metadata |

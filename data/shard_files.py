@@ -72,8 +72,8 @@ def check_summary(directory, shards):
              if os.path.basename(p) not in listed and os.path.getmtime(p) < written]
     if stale:
         raise BortError(f"{directory}: {', '.join(stale[:3])}{', …' if len(stale) > 3 else ''} predate its "
-                        f"{SUMMARY_NAME} but are not among the {len(listed)} shard(s) it lists: left by an earlier run with "
-                        "more --num_outputs; remove them, or name the shards to train on")
+                        f"{SUMMARY_NAME} but are not among the {len(listed)} shard(s) it lists: left by an earlier "
+                        "run with more --num_outputs; remove them, or name the shards to train on")
 
 
 def list_shards(pattern_or_dir):
