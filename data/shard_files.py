@@ -68,8 +68,13 @@ def check_summary(directory, shards):
         return
     if not isinstance(listed, list):
         return
-    stale = [os.path.basename(p) for p in shards
-             if os.path.basename(p) not in listed and os.path.getmtime(p) < written]
+    def older(path):
+        try:
+            return os.path.getmtime(path) < written
+        except OSError:  # gone since it was listed: opening it will say so
+            return False
+
+    stale = [os.path.basename(p) for p in shards if os.path.basename(p) not in listed and older(p)]
     if stale:
         raise BortError(f"{directory}: {', '.join(stale[:3])}{', …' if len(stale) > 3 else ''} predate its "
                         f"{SUMMARY_NAME} but are not among the {len(listed)} shard(s) it lists: left by an earlier "
