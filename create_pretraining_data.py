@@ -13,6 +13,7 @@ from bort.errors import BortError, run_cli
 from bort.text.gluonnlp_files import GLUONNLP_DATASET
 from bort.text.tokenizer import add_tokenizer_args, tokenizer_from_args
 from data.pretraining import create_pretraining_data
+from data.pretraining_format import FORMAT_VERSION
 from data.pretraining_instances import InstanceOptions
 
 
@@ -40,6 +41,10 @@ def build_parser():
     parser.add_argument("--num_workers", type=int, default=8,
                         help="worker processes (output is identical for any value)")
     parser.add_argument("--num_outputs", type=int, default=1, help="number of output shards")
+    parser.add_argument("--format_version", type=int, choices=(1, FORMAT_VERSION), default=FORMAT_VERSION,
+                        help="shard format: 2 stores ids in the smallest unsigned type (2 bytes a token for "
+                             "RoBERTa's vocabulary), 1 the int32 layout of earlier versions of this code "
+                             "(8 bytes a token); both are read")
     parser.add_argument("--skip_invalid_utf8", action="store_true",
                         help="skip (and count) input lines that are not valid UTF-8 instead of stopping")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -62,7 +67,8 @@ def main(argv=None):
     tokenizer = tokenizer_from_args(args)
     return create_pretraining_data(args.input_file, args.output_dir, tokenizer, options,
                                    num_workers=args.num_workers, num_outputs=args.num_outputs,
-                                   skip_invalid_utf8=args.skip_invalid_utf8, progress=not args.no_progress)
+                                   skip_invalid_utf8=args.skip_invalid_utf8, progress=not args.no_progress,
+                                   format_version=args.format_version)
 
 
 if __name__ == "__main__":

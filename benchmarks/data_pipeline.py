@@ -1,6 +1,8 @@
-"""Throughput of create_pretraining_data (1 and 2 workers) against the gluon-nlp 0.10 baseline.
+"""Throughput of create_pretraining_data (1 and 2 workers) against the gluon-nlp 0.10 baseline, and the shard
+formats' size, preparation and load time (`--formats`).
 
     python -m benchmarks.data_pipeline [--size_mb 20] [--output benchmark_data.json]
+    python -m benchmarks.data_pipeline --formats ../shared/real_data/text/gutenberg_big.txt [--output formats.json]
 
 A corpus of at least --size_mb MB is generated (seeded) in a temporary directory by repeating and shuffling
 the sentences of test_data/sample_text.txt into documents of 20-80 sentences. Measured, in tokens per
@@ -25,6 +27,7 @@ import random
 import tempfile
 import time
 
+import numpy as np
 
 import bort  # noqa: E402,F401  (thread settings before mxnet/gluonnlp)
 from bort.io import write_json
@@ -146,12 +149,144 @@ def load():
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
+def write_gluonnlp_layout(path, shard):
+    """The instances as gluon-nlp 0.10's scripts/bert/create_pretraining_data.py `write_to_files_np` stores them:
+    `np.savez_compressed` of per-instance int32 object arrays (input_ids, segment_ids, masked_lm_positions,
+    masked_lm_ids), float32 masked_lm_weights of ones, int32 next_sentence_labels and valid_lengths. The script is
+    not part of the gluonnlp package, so its layout is reproduced here (tests/test_pretraining_format.py reads the
+    same layout back)."""
+    def rows(get, dtype):
+        out = np.empty(len(shard), dtype=object)
+        for i, inst in enumerate(shard):
+            out[i] = np.ascontiguousarray(get(inst), dtype=dtype)
+        return out
+
+    np.savez_compressed(path, input_ids=rows(lambda i: i.input_ids, "int32"),
+                        segment_ids=rows(lambda i: i.segment_ids, "int32"),
+                        masked_lm_positions=rows(lambda i: i.masked_positions, "int32"),
+                        masked_lm_ids=rows(lambda i: i.masked_ids, "int32"),
+                        masked_lm_weights=rows(lambda i: np.ones(len(i.masked_ids)), "float32"),
+                        next_sentence_labels=shard.batch.next_sentence_labels.astype("int32"),
+                        valid_lengths=shard.lengths.astype("int32"))
+
+
+def trained_vocabulary(text, out_dir, vocab_size=50265):
+    """A byte-level BPE vocabulary of RoBERTa's size trained on `text` with HF tokenizers (vocab.json +
+    merges.txt, RoBERTa's special ids), or None when tokenizers is not installed."""
+    try:
+        from tokenizers import ByteLevelBPETokenizer
+    except ImportError:
+        return None
+    bpe = ByteLevelBPETokenizer()
+    bpe.train([text], vocab_size=vocab_size, min_frequency=1, show_progress=False,
+              special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    os.makedirs(out_dir, exist_ok=True)
+    bpe.save_model(out_dir)
+    return os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt")
+
+
+def _best_seconds(fn, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def deflate_copy(source, dest, level=1):
+    """`source`'s zip entries recompressed with ZIP_DEFLATED at `level` (what a compressed format 2 would hold);
+    returns the seconds the compression took."""
+    import zipfile
+
+    start = time.perf_counter()
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+    return time.perf_counter() - start
+
+
+def compare_formats(text, repeats=3):
+    """Shards of `text` at the original's defaults (1 worker, one shard) in format 1 and 2, and the same instances
+    in gluon-nlp's layout: bytes, bytes per instance token, preparation tokens/s (formats 1 and 2: the whole
+    pipeline; best of `repeats` interleaved runs) and `load_shard` seconds (best of `repeats`)."""
+    from data.pretraining_format import load_shard
+
+    results = {"text": os.path.abspath(text), "text_bytes": os.path.getsize(text), "load_before": load(),
+               "vocabularies": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        vocabularies = {"test vocabulary (1,005 ids)": (os.path.join(VOCAB, "vocab.json"),
+                                                         os.path.join(VOCAB, "merges.txt"))}
+        trained = trained_vocabulary(text, os.path.join(tmp, "vocab"))
+        if trained:
+            vocabularies["byte-level BPE of RoBERTa's size trained on the text"] = trained
+        for label, (vocab_json, merges) in vocabularies.items():
+            tokenizer = load_tokenizer(vocab_json=vocab_json, merges=merges)
+            rows, prepare = {}, {1: float("inf"), 2: float("inf")}
+            for _ in range(repeats):  # interleaved, so that both formats see the same disturbances
+                for version in (1, 2):
+                    start = time.perf_counter()
+                    summary = create_pretraining_data(text, os.path.join(tmp, f"v{version}"), tokenizer,
+                                                      num_workers=1, progress=False, format_version=version)
+                    prepare[version] = min(prepare[version], time.perf_counter() - start)
+            paths = {f"ours, format {v}": os.path.join(tmp, f"v{v}", "part-000.npz") for v in (1, 2)}
+            shard = load_shard(paths["ours, format 2"])
+            paths["format 2 + ZIP_DEFLATED level 1 (measured, not written)"] = os.path.join(tmp, "deflated.npz")
+            deflate_seconds = min(deflate_copy(paths["ours, format 2"], os.path.join(tmp, "deflated.npz"))
+                                  for _ in range(repeats))
+            paths["gluon-nlp 0.10 layout"] = os.path.join(tmp, "gluonnlp.npz")
+            gluon_seconds = _best_seconds(lambda: write_gluonnlp_layout(paths["gluon-nlp 0.10 layout"], shard), 1)
+            for name, path in paths.items():
+                legacy = name.startswith("gluon")
+                loaded = load_shard(path, allow_legacy_pickle=legacy)
+                assert all(np.array_equal(getattr(loaded.batch, k), getattr(shard.batch, k))
+                           for k in shard.batch.__slots__), f"{name}: other instances"
+                size = os.path.getsize(path)
+                rows[name] = {"bytes": size, "bytes_per_instance_token": round(size / summary["instance_tokens"], 3),
+                              "load_seconds": round(_best_seconds(
+                                  lambda: load_shard(path, allow_legacy_pickle=legacy), repeats), 4)}
+            for version in (1, 2):
+                rows[f"ours, format {version}"].update(
+                    prepare_seconds=round(prepare[version], 3),
+                    prepare_tokens_per_second=round(summary["tokens"] / prepare[version], 1))
+            rows["gluon-nlp 0.10 layout"]["write_seconds"] = round(gluon_seconds, 3)
+            deflated = rows["format 2 + ZIP_DEFLATED level 1 (measured, not written)"]
+            deflated.update(compress_seconds=round(deflate_seconds, 3),
+                            prepare_seconds=round(prepare[2] + deflate_seconds, 3),
+                            prepare_tokens_per_second=round(summary["tokens"] / (prepare[2] + deflate_seconds), 1))
+            results["vocabularies"][label] = {"vocab_size": tokenizer.vocab_size, "tokens": summary["tokens"],
+                                              "instances": summary["instances"],
+                                              "instance_tokens": summary["instance_tokens"], "formats": rows}
+    results["load_after"] = load()
+    print(f"{results['text']}: {results['text_bytes']:,} bytes; load average {results['load_before']:.2f} before, "
+          f"{results['load_after']:.2f} after")
+    for label, entry in results["vocabularies"].items():
+        rows = entry["formats"]
+        gluon = rows["gluon-nlp 0.10 layout"]["bytes"]
+        print(f"\n{label}, {entry['vocab_size']:,} ids: {entry['tokens']:,} tokens -> {entry['instances']:,} "
+              f"instances of {entry['instance_tokens']:,} tokens\n")
+        print("| shards | bytes | bytes/token | vs gluon-nlp | preparation tokens/s | load_shard s |\n"
+              "|---|---:|---:|---:|---:|---:|")
+        for name, row in rows.items():
+            speed = f"{row['prepare_tokens_per_second']:,.0f}" if "prepare_seconds" in row else "-"
+            print(f"| {name} | {row['bytes']:,} | {row['bytes_per_instance_token']:.2f} | {row['bytes'] / gluon:.2f}x "
+                  f"| {speed} | {row['load_seconds']:.3f} |")
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size_mb", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the best is kept")
     parser.add_argument("--output", default="benchmark_data.json", help="JSON file for the results")
+    parser.add_argument("--formats", metavar="TEXT", default=None,
+                        help="instead: shard size, preparation and load time of format 1, format 2 and gluon-nlp's "
+                             "layout on TEXT (compare_formats)")
     args = parser.parse_args(argv)
+    if args.formats:
+        results = compare_formats(args.formats, args.repeats)
+        write_json(args.output, results)
+        return results
     results = {"load_before": load(), "cores": bort.runtime.available_cores(), "runs": {},
                "available_parallelism_before": available_parallelism()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,13 +27,12 @@ from bort.io import write_json
 from bort.locking import owned_directory, release_directory
 from data.pretraining_format import FORMAT_VERSION, ShardWriter
 from data.pretraining_instances import InstanceOptions, MaskingVocab, chunk_instances
-from data.shard_files import expand_paths
+from data.shard_files import SUMMARY_NAME, expand_paths
 from data.workers import run_in_workers, sigterm_stops_workers
 
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 17
-SUMMARY_NAME = "summary.json"
 STAT_KEYS = ("lines", "skipped_lines", "documents", "sentences", "tokens", "instances", "instance_tokens",
              "masked_positions")
 
@@ -183,6 +182,13 @@ def process_chunk(chunk, tokenizer, options, vocab, skip_invalid_utf8=False):
 # The whole job
 
 
+def _stale_shards(output_dir, shard_paths):
+    """Shards of an earlier run (with more --num_outputs) that this run does not replace."""
+    written = {os.path.abspath(p) for p in shard_paths}
+    return sorted(p for p in glob.glob(os.path.join(glob.escape(output_dir), "part-*.npz"))
+                  if os.path.abspath(p) not in written)
+
+
 def _prepare_output_dir(output_dir):
     """Check the (locked) output directory and remove temporary files a killed earlier run left behind."""
     if not os.access(output_dir, os.W_OK | os.X_OK):
@@ -212,8 +218,11 @@ def _describe_instance(tokenizer, batch):
 
 
 def create_pretraining_data(input_files, output_dir, tokenizer, options=None, num_workers=1, num_outputs=1,
-                            skip_invalid_utf8=False, progress=True, chunk_bytes=CHUNK_BYTES, extra_summary=None):
+                            skip_invalid_utf8=False, progress=True, chunk_bytes=CHUNK_BYTES, extra_summary=None,
+                            format_version=FORMAT_VERSION):
     """Write `part-000.npz` … and `summary.json` into `output_dir`; return the summary dict.
+
+    `format_version` is the shard format (`data.pretraining_format`): 2, or 1 for readers of the int32 layout.
 
     `input_files` is a comma-separated string of paths/globs/directories or a list of files. Every problem a
     user can cause raises a one-line BortError before any shard appears.
@@ -223,6 +232,8 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
     for flag, value in (("num_workers", num_workers), ("num_outputs", num_outputs)):
         if not isinstance(value, int) or value < 1:
             raise BortError(f"--{flag} {value}: expected an integer >= 1")
+    if format_version not in (1, FORMAT_VERSION):
+        raise BortError(f"--format_version {format_version}: expected 1 or {FORMAT_VERSION}")
     if isinstance(input_files, str):
         input_files = expand_paths(input_files, what="input files")
     input_files = [os.fspath(p) for p in input_files]
@@ -235,7 +246,8 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
             sigterm_stops_workers(lambda: _remove_partial_output(output_dir, finished_shards), SIGTERM_MESSAGE):
         try:
             return _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8,
-                           progress, chunk_bytes, extra_summary, total_lines, start, finished_shards)
+                           progress, chunk_bytes, extra_summary, total_lines, start, finished_shards,
+                           format_version)
         except OSError as err:
             if isinstance(err, FileNotFoundError) or err.errno is None:
                 raise
@@ -244,20 +256,20 @@ def create_pretraining_data(input_files, output_dir, tokenizer, options=None, nu
 
 
 def _create(input_files, output_dir, tokenizer, options, num_workers, num_outputs, skip_invalid_utf8, progress,
-            chunk_bytes, extra_summary, total_lines, start, finished_shards):
+            chunk_bytes, extra_summary, total_lines, start, finished_shards, format_version):
+    shard_paths = [os.path.join(output_dir, shard_name(i)) for i in range(num_outputs)]
     _prepare_output_dir(output_dir)
     vocab = MaskingVocab.from_tokenizer(tokenizer, options.whole_word_mask)
     metadata = {"vocab_size": vocab.vocab_size, "pad_id": vocab.eos_id if vocab.pad_id is None else vocab.pad_id,
                 "mask_id": vocab.mask_id, "bos_id": vocab.bos_id, "eos_id": vocab.eos_id,
                 "max_seq_length": options.max_seq_length}
-    shard_paths = [os.path.join(output_dir, shard_name(i)) for i in range(num_outputs)]
     state = {"tokenizer": tokenizer, "options": options, "vocab": vocab, "skip_invalid_utf8": skip_invalid_utf8}
     totals = dict.fromkeys(STAT_KEYS, 0)
     writers = []
     from tqdm import tqdm
 
     try:
-        writers = [ShardWriter(path, metadata) for path in shard_paths]
+        writers = [ShardWriter(path, metadata, format_version) for path in shard_paths]
         with tqdm(total=total_lines, unit="line", unit_scale=True, disable=not progress, desc="lines",
                   smoothing=0.1) as bar:
             chunks = iter_chunks(input_files, chunk_bytes)
@@ -291,15 +303,15 @@ def _create(input_files, output_dir, tokenizer, options, num_workers, num_output
             writer.abort()
         raise
     seconds = time.time() - start
-    written = {os.path.abspath(p) for p in shard_paths}
-    stale = sorted(p for p in glob.glob(os.path.join(glob.escape(output_dir), "part-*.npz"))
-                   if os.path.abspath(p) not in written)
-    if stale:
-        logger.warning("%s holds older shards this run did not write (%s); remove them before training",
+    stale = _stale_shards(output_dir, shard_paths)
+    if stale:  # training on the directory would read them beside this run's shards
+        logger.warning("removing %d shard(s) of an earlier run with more --num_outputs from %s: %s", len(stale),
                        output_dir, ", ".join(os.path.basename(p) for p in stale))
+        for path in stale:
+            os.remove(path)
     summary = dict(totals, seconds=round(seconds, 3), tokens_per_second=round(totals["tokens"] / seconds, 1),
                    num_workers=num_workers, num_outputs=num_outputs, input_files=input_files,
-                   shards=[os.path.basename(p) for p in shard_paths], format_version=FORMAT_VERSION,
+                   shards=[os.path.basename(p) for p in shard_paths], format_version=format_version,
                    options=dataclasses.asdict(options), vocab=metadata)
     if extra_summary:
         summary.update(extra_summary)

@@ -1,17 +1,21 @@
 """Which files a run reads: comma-separated paths, globs and directories expanded to files (`expand_paths`,
 `list_shards`), and whether a set of pretraining shards fits a model (`check_shards_fit`)."""
 import glob
+import json
 import os
 
 from bort.errors import BortError
 from data.pretraining_format import read_shard_metadata
 
+SUMMARY_NAME = "summary.json"  # what create_pretraining_data writes beside its shards, listing them
+
 
 def expand_paths(spec, directory_pattern="*", what="files"):
     """Expand comma-separated paths, globs and directories into a de-duplicated list of files.
 
-    Globs and directories expand in sorted order. Raises a one-line BortError for an item that matches
-    nothing.
+    Globs and directories expand in sorted order. A path that exists is taken literally, glob characters and
+    all (`part-[0].npz` is that file, never `part-0.npz`); so is the existing directory part of a glob. Raises a
+    one-line BortError for an item that matches nothing.
     """
     items = [item.strip() for item in str(spec).split(",") if item.strip()]
     if not items:
@@ -24,12 +28,12 @@ def expand_paths(spec, directory_pattern="*", what="files"):
                              if os.path.isfile(p))
             if not matches:
                 raise BortError(f"{item}: directory holds no {what} matching {directory_pattern}")
-        elif glob.has_magic(path):
-            matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
-            if not matches:
-                raise BortError(f"{item}: no {what} match this pattern")
         elif os.path.isfile(path):
             matches = [path]
+        elif glob.has_magic(path):
+            matches = sorted(p for p in glob.glob(_escape_existing_directory(path)) if os.path.isfile(p))
+            if not matches:
+                raise BortError(f"{item}: no {what} match this pattern")
         else:
             raise BortError(f"{item}: no such file or directory")
         for match in matches:
@@ -39,9 +43,54 @@ def expand_paths(spec, directory_pattern="*", what="files"):
     return found
 
 
+def _escape_existing_directory(pattern):
+    """The pattern with its longest existing directory prefix escaped: `run[1]/*.npz` globs inside `run[1]`."""
+    directory, rest = pattern, []
+    while directory and not os.path.isdir(directory):
+        directory, tail = os.path.split(directory)
+        if not tail:
+            break
+        rest.insert(0, tail)
+    if not directory or not os.path.isdir(directory):
+        return pattern
+    return os.path.join(glob.escape(directory), *rest)
+
+
+def check_summary(directory, shards):
+    """Refuse shards of `directory` that its summary.json does not list although they are older than it: shards
+    an earlier run with more --num_outputs left behind (shards added after the summary are taken as meant)."""
+    summary_path = os.path.join(directory, SUMMARY_NAME)
+    try:
+        with open(summary_path, encoding="utf-8") as handle:
+            listed = json.load(handle).get("shards")
+        written = os.path.getmtime(summary_path)
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(listed, list):
+        return
+    def older(path):
+        try:
+            return os.path.getmtime(path) < written
+        except OSError:  # gone since it was listed: opening it will say so
+            return False
+
+    stale = [os.path.basename(p) for p in shards if os.path.basename(p) not in listed and older(p)]
+    if stale:
+        raise BortError(f"{directory}: {', '.join(stale[:3])}{', …' if len(stale) > 3 else ''} predate its "
+                        f"{SUMMARY_NAME} but are not among the {len(listed)} shard(s) it lists: left by an earlier "
+                        "run with more --num_outputs; remove them, or name the shards to train on")
+
+
 def list_shards(pattern_or_dir):
-    """Shard files from comma-separated paths, globs or directories (a directory means `dir/*.npz`)."""
-    return expand_paths(pattern_or_dir, directory_pattern="*.npz", what="shard files")
+    """Shard files from comma-separated paths, globs or directories (a directory means `dir/*.npz`, checked
+    against its summary.json by `check_summary`)."""
+    paths = expand_paths(pattern_or_dir, directory_pattern="*.npz", what="shard files")
+    for item in str(pattern_or_dir).split(","):
+        directory = os.path.expanduser(item.strip())
+        if directory and os.path.isdir(directory):
+            inside = os.path.normpath(directory)
+            check_summary(directory, [p for p in paths if os.path.normpath(os.path.dirname(p)) == inside])
+    return paths
 
 
 def check_shards_fit(paths, max_length, vocab_size=None, allow_legacy_pickle=False, what="--data"):

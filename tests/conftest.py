@@ -46,6 +46,8 @@ def launcher_test_run(tmp_path_factory):
     proc = run_launcher([launcher_procs(), "TEST"], run_dir.parent, timeout=900, BORT_TEST_DIR=str(run_dir))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (run_dir / "vocab" / "vocab.json").is_file()  # the vocabulary the run used
+    for split in ("train", "eval"):  # TEST trains from shards of the current format (version 2)
+        assert {load_shard(p).metadata["format_version"] for p in (run_dir / split).glob("part-*.npz")} == {2}
     return run_dir
 
 

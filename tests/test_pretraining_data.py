@@ -16,9 +16,10 @@ from data.pretraining import create_pretraining_data
 from data.pretraining_format import load_shard
 from data.pretraining_instances import InstanceOptions
 from helpers import MERGES, ROOT, SAMPLE_TEXT, VOCAB_FLAGS, VOCAB_JSON
-ARRAYS = {"input_ids": np.int32, "segment_ids": np.int32, "input_offsets": np.int64,
-          "masked_lm_positions": np.int32, "masked_lm_ids": np.int32, "masked_offsets": np.int64,
-          "next_sentence_labels": np.int32, "format_version": np.int32, "vocab_size": np.int32,
+# Format version 2 with the test vocabulary (1005 ids: uint16) and max_seq_length 64 (positions: uint8).
+ARRAYS = {"input_ids": np.uint16, "segment_b_starts": np.uint8, "input_lengths": np.uint8,
+          "masked_lm_positions": np.uint8, "masked_lm_ids": np.uint16, "masked_counts": np.uint8,
+          "next_sentence_labels": np.uint8, "format_version": np.int32, "vocab_size": np.int32,
           "pad_id": np.int32, "mask_id": np.int32, "bos_id": np.int32, "eos_id": np.int32}
 
 
@@ -66,20 +67,21 @@ def test_shard_arrays_shapes_dtypes_and_wrapping(tok, tmp_path):
     summary = run(tok, SAMPLE_TEXT, tmp_path, options=InstanceOptions(max_seq_length=64))
     [path] = shards(tmp_path)
     with np.load(path, allow_pickle=False) as npz:
-        assert set(npz.files) >= set(ARRAYS)
+        assert set(npz.files) == set(ARRAYS) | {"max_seq_length"}  # no int32 segment_ids, no offsets
         arrays = {name: npz[name] for name in npz.files}
     for name, dtype in ARRAYS.items():
         assert arrays[name].dtype == dtype, name
     n = len(arrays["next_sentence_labels"])
     assert n == summary["instances"] > 0
-    assert arrays["input_offsets"].shape == arrays["masked_offsets"].shape == (n + 1,)
-    assert arrays["segment_ids"].shape == arrays["input_ids"].shape == (arrays["input_offsets"][-1],)
-    assert arrays["masked_lm_ids"].shape == arrays["masked_lm_positions"].shape == (arrays["masked_offsets"][-1],)
-    assert int(arrays["format_version"]) == 1 and int(arrays["vocab_size"]) == tok.vocab_size
+    assert arrays["input_lengths"].shape == arrays["masked_counts"].shape == arrays["segment_b_starts"].shape == (n,)
+    assert arrays["input_ids"].shape == (arrays["input_lengths"].sum(dtype=np.int64),)
+    assert arrays["masked_lm_ids"].shape == arrays["masked_lm_positions"].shape == (arrays["masked_counts"].sum(),)
+    assert int(arrays["format_version"]) == 2 and int(arrays["vocab_size"]) == tok.vocab_size
     assert (int(arrays["mask_id"]), int(arrays["bos_id"]), int(arrays["eos_id"])) == (tok.mask_id, tok.bos_id,
                                                                                         tok.eos_id)
     shard = load_shard(path)
-    assert len(shard) == n and list(shard.lengths) == list(np.diff(arrays["input_offsets"]))
+    assert len(shard) == n and list(shard.lengths) == list(arrays["input_lengths"])
+    assert shard.metadata["format_version"] == 2 and shard.batch.input_ids.dtype == np.int32
     for inst in shard:
         assert inst.input_ids[0] == tok.bos_id and inst.input_ids[-1] == tok.eos_id
         assert 4 <= len(inst.input_ids) <= 64
@@ -354,6 +356,38 @@ def test_existing_shards_are_replaced_atomically(tok, tmp_path):
     with pytest.raises(BortError):
         run(tok, str(blank), tmp_path)
     assert open(shards(tmp_path)[0], "rb").read() == before  # a failed run keeps the previous shard
+
+
+def test_a_rerun_with_fewer_outputs_removes_the_earlier_runs_extra_shards(tok, tmp_path, caplog):
+    """Old code warned and left 2 stale shards beside the 2 new ones, which training on the directory then read."""
+    out = tmp_path / "out"
+    run(tok, SAMPLE_TEXT, out, num_outputs=4)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n")
+    with pytest.raises(BortError):  # a failed rerun keeps the earlier run's shards, all of them
+        run(tok, str(blank), out, num_outputs=2)
+    assert len(shards(out)) == 4
+    summary = run(tok, SAMPLE_TEXT, out, num_outputs=2)
+    assert [os.path.basename(p) for p in shards(out)] == summary["shards"] == ["part-000.npz", "part-001.npz"]
+    assert "removing 2 shard(s) of an earlier run" in caplog.text and "part-002.npz, part-003.npz" in caplog.text
+    assert sum(len(load_shard(p)) for p in shards(out)) == summary["instances"]
+
+
+def test_format_version_1_on_request(tmp_path):
+    out = tmp_path / "out"
+    import create_pretraining_data as cpd
+
+    cpd.main(["--input_file", SAMPLE_TEXT, "--output_dir", str(out), *VOCAB_FLAGS, "--format_version", "1",
+              "--num_workers", "1", "--no_progress", "--max_seq_length", "64"])
+    with np.load(shards(out)[0], allow_pickle=False) as npz:
+        assert int(npz["format_version"]) == 1 and npz["input_ids"].dtype == np.int32
+    assert json.loads((out / "summary.json").read_text())["format_version"] == 1
+    v2 = tmp_path / "v2"
+    summary = create_pretraining_data(SAMPLE_TEXT, str(v2), load_tokenizer(vocab_json=VOCAB_JSON, merges=MERGES),
+                                      InstanceOptions(max_seq_length=64), progress=False)
+    assert summary["format_version"] == 2
+    for a, b in zip(load_shard(shards(out)[0]), load_shard(shards(v2)[0])):  # the same instances
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def test_chunks_cut_at_blank_lines_whatever_the_read_size(tmp_path, monkeypatch):

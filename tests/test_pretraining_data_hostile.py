@@ -137,17 +137,17 @@ def test_an_error_after_creating_the_output_directory_removes_it(tmp_path):
 
 
 # ---- shards that do not fit ------------------------------------------------------------------------------------
-def _shard(path, ids, masked=(5,), meta=None, labels=(0,)):
+def _shard(path, ids, masked=(5,), meta=None, labels=(0,), version=2):
     ids = np.asarray(ids, np.int32)
     batch = InstanceBatch(ids, np.zeros_like(ids), [0, len(ids)], [1], list(masked), [0, 1], list(labels))
-    with ShardWriter(path, dict(META, **(meta or {}))) as writer:
+    with ShardWriter(path, dict(META, **(meta or {})), format_version=version) as writer:
         writer.append(batch)
     return str(path)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(ids=[0, 5, 100, 2]), r"input_ids: id 100 at index 2 is outside the vocabulary \(0..99\)"),
-    (dict(ids=[0, 5, -3, 2]), r"input_ids: id -3 at index 2 is outside the vocabulary"),
+    (dict(ids=[0, 5, -3, 2], version=1), r"input_ids: id -3 at index 2 is outside the vocabulary"),  # int32
     (dict(ids=[0, 5, 6, 2], masked=(250,)), r"masked_lm_ids: id 250 at index 0 is outside the vocabulary"),
     (dict(ids=[0] + [5] * 20 + [2]), r"an instance of 22 tokens is longer than the shard's max_seq_length 16"),
     (dict(ids=[0, 5, 6, 2], labels=(7,)), r"next_sentence_labels: expected 0 or 1"),
