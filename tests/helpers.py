@@ -8,6 +8,7 @@ import errno
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -66,10 +67,20 @@ def tiny_config(shards, ckpt_dir, **changes):
 
 
 def run_launcher(args, cwd, timeout=1800, **env):
-    """bash run_pretraining_distillation.sh ARGS in cwd with the test's Python; returns the CompletedProcess."""
+    """bash run_pretraining_distillation.sh ARGS in cwd with the test's Python; returns the CompletedProcess.
+
+    The launcher runs in its own process group, and a timeout kills the whole group: killing only bash would leave
+    its trainer (or horovodrun's ranks) running after the test."""
     run_env = dict(os.environ, **dict(dict(PYTHON=sys.executable), **env))
-    return subprocess.run(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, capture_output=True, text=True,
-                          timeout=timeout)
+    process = subprocess.Popen(["bash", LAUNCHER, *args], cwd=str(cwd), env=run_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 @contextlib.contextmanager
