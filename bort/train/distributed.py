@@ -25,7 +25,8 @@ def rank_device(local_rank=0, use_gpu=True, gpu=None):
 
 def to_device(array, ctx, dtype=None):
     """A host (numpy) array as an NDArray on `ctx` without blocking the Python thread: copied into CPU memory, then
-    to the device by the engine (`as_in_context` only queues the copy). `dtype` None: a numpy array's own."""
+    to the device by the engine (`as_in_context` only queues the copy). `dtype` None: mx.nd.array's default
+    (float32)."""
     host = mx.nd.array(array, ctx=mx.cpu(), dtype=dtype)
     return host if ctx == host.context else host.as_in_context(ctx)
 
