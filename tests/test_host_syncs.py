@@ -1,7 +1,7 @@
 """Blocking host synchronisations per training step (issue #23): at most one outside logging steps, in pretraining
 (float32, and float16 through BORT_CPU_FLOAT16=1) and fine-tuning; with BERTAdam the update is queued before it.
 
-A sync is a call from the training thread that waits for MXNet's engine: NDArray.asnumpy (asscalar and float()
+A sync is a call from the training thread that waits for MXNet's engine: NDArray.asnumpy (asscalar and bool()
 go through it), NDArray.wait_to_read, mx.nd.waitall. A step's syncs are those after the previous step's gradient
 step returned, up to the end of its own; the first step (model building, first graph) is not counted."""
 import contextlib
