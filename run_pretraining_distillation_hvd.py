@@ -62,6 +62,10 @@ def build_parser():
                    help="without --teacher_ckpt_dir: a randomly initialized teacher (tests only)")
     g.add_argument("--dropout", type=float, default=None,
                    help="override the student's dropout (encoder and word embeddings)")
+    g.add_argument("--dropout_cudnn_off", action="store_true",
+                   help="GPU: dropout masks from MXNet's generator, so that they follow --seed and a resume "
+                        "is exact (MXNet's dropout kernel instead of cuDNN's fused one, same memory: docs/gpu.md, "
+                        "'Reproducibility on GPU')")
     g.add_argument("--teacher_cache", nargs="?", const="beside", default=None, metavar="DIR",
                    help="train from the teacher's top-k cached by scripts/cache_teacher.py in DIR (alone or "
                         "'beside': the caches next to the shards) instead of running the teacher; with "

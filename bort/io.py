@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 
@@ -185,7 +186,7 @@ def write_json(path, obj):
 
 
 class JsonlLogger:
-    """Appends one JSON object per line (metrics for scripts/plot_metrics.py)."""
+    """Appends one JSON object per line (metrics for scripts/plot_metrics.py); a non-finite number becomes null."""
 
     def __init__(self, path):
         self.path = path
@@ -197,12 +198,22 @@ class JsonlLogger:
             return
         try:
             with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, sort_keys=True) + "\n")
+                handle.write(json.dumps({k: _finite_or_none(v) for k, v in record.items()}, sort_keys=True,
+                                        allow_nan=False) + "\n")
         except OSError as err:
             error = cannot_write(self.path, err)
             if error is None:
                 raise
             raise BortError(f"{self.path}: cannot append a record ({os.strerror(err.errno)})") from None
+
+
+def _finite_or_none(value):
+    """JSON has no NaN or Infinity: a non-finite number (also inside lists and objects) is written as null."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def hash_file(path, digest, block=1 << 22):

@@ -170,6 +170,32 @@ def gather_positions(F, hidden, positions):
     return gathered.reshape_like(positions, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=2)
 
 
+class CudnnOffDropout(nn.Dropout):
+    """gluon's Dropout computed by MXNet's own kernel also on GPU (`cudnn_off=True`): its masks come from MXNet's
+    generator, which `mx.random.seed` sets. cuDNN's dropout state (what gluon's Dropout uses on GPU) is seeded once
+    per process and never by `mx.random.seed` in MXNet 1.9.1 (docs/gpu.md, 'Reproducibility on GPU')."""
+
+    def hybrid_forward(self, F, x):
+        if self._rate > 0:
+            return F.Dropout(x, p=self._rate, axes=self._axes, name="fwd", cudnn_off=True)
+        return F.identity(x)
+
+
+def disable_cudnn_dropout(block):
+    """Turn every gluon `Dropout` inside `block` (those of gluon-nlp's encoder included) into a `CudnnOffDropout`, in
+    place; call before the block is hybridized. Returns the number of dropouts changed. On CPU nothing changes:
+    cudnn_off only selects the GPU kernel."""
+    changed = []
+
+    def swap(child):
+        if type(child) is nn.Dropout:  # noqa: E721  (exactly gluon's, built deep inside gluon-nlp's blocks)
+            child.__class__ = CudnnOffDropout
+            changed.append(child)
+
+    block.apply(swap)
+    return len(changed)
+
+
 def build_model(config, use_decoder=True, initialize=True, ctx=None, prefix="bort_"):
     """Build (and by default randomly initialize) the model for a config or config name."""
     if isinstance(config, str):

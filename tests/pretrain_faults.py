@@ -2,7 +2,8 @@
 
 - `killed_after(step)`: the pretraining run inside the `with` ends as if the process were killed right after
   `step`: that step's logging, checkpoint and evaluation are done, the next step never starts.
-- `inf_gradient_at(*steps)`: an inf in the first gradient at those steps, as a float16 overflow would put there.
+- `inf_gradient_at(*steps, value=inf)`: an inf (or NaN) in the first gradient at those steps, as a float16 overflow
+  (or a diverged run) would put there.
 - `checkpoint_parameters(ckpt_dir, step)`: {name: numpy array} of the student saved at `step`.
 
 Both patches key on `bort.profiling.StepProfiler.step_started(step)`, which the loop calls at the start of
@@ -53,8 +54,8 @@ def killed_after(last_step):
 
 
 @contextlib.contextmanager
-def inf_gradient_at(*steps):
-    """An inf in the first trainable parameter's gradient just before the gradient step of `steps`."""
+def inf_gradient_at(*steps, value=float("inf")):
+    """An inf (or `value`) in the first trainable parameter's gradient just before the gradient step of `steps`."""
     current = [None]
 
     def track(original):
@@ -66,7 +67,7 @@ def inf_gradient_at(*steps):
     def inject(original):
         def call(self, *args, **kwargs):
             if current[0] in steps:
-                self.params[0].grad()[:] = float("inf")
+                self.params[0].grad()[:] = value
             return original(self, *args, **kwargs)
         return call
 

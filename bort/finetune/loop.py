@@ -23,7 +23,8 @@ from bort.io import JsonlLogger, write_json
 from bort.locking import file_digests, hold_directory, retract_result
 from bort.progress import Progress
 from bort.train.distributed import Distributed, launched_by_horovodrun
-from bort.train.optim import LinearWarmupDecay, create_trainer, set_seed, step_seed, trainable_parameters
+from bort.train.optim import (LinearWarmupDecay, create_trainer, dropout_reseeded, set_seed, step_seed,
+                              trainable_parameters)
 from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.validation import check_finetune_inputs
 from bort.weights.checkpoint import load_parameters
@@ -168,6 +169,11 @@ def run(config, tokenizer):
     return result
 
 
+def _read(total):
+    """A running sum kept on the device (or a plain number) as a float: a host sync, for logging steps only."""
+    return float(total.asscalar()) if isinstance(total, mx.nd.NDArray) else float(total)
+
+
 def format_metrics(metrics):
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
@@ -190,6 +196,7 @@ def train(task, model, data, config, dist, ctx, pad_id, logger, ckpt):
             param.grad_req = "add"
     step = GradientStep(trainer, params, max_norm=1.0,
                         loss_scaler=DynamicLossScaler() if config.dtype == "float16" else None)
+    reseed = dropout_reseeded(ctx)  # on GPU cuDNN's dropout ignores MXNet's seed: no reseeding there
     step_size = config.batch_size * accumulate * dist.size
     total_steps = config.training_steps or max(1, int(len(instances) / step_size * config.ramp_up_epochs))
     epochs = 10 ** 6 if config.training_steps else config.epochs
@@ -207,38 +214,42 @@ def train(task, model, data, config, dist, ctx, pad_id, logger, ckpt):
         batches = make_batches(lengths, config.batch_size, shuffle=True, rng=rng)
         per_rank = len(batches) // dist.size
         batches = batches[dist.rank * per_rank:(dist.rank + 1) * per_rank] if dist.size > 1 else batches
-        tic, seen, loss_sum, loss_count = time.time(), 0, 0.0, 0
+        tic, seen, loss_sum, step_loss, loss_count = time.time(), 0, 0.0, 0, 0
         bar = Progress(batches, desc=f"{task.name} epoch {epoch + 1}", unit="batch", enabled=dist.is_root,
                        leave=False)
         step.zero_grad()
         for batch_id, idx in enumerate(bar):
             batch = [instances[i] for i in idx]
             inputs = batchify(batch, pad_id, ctx, config.dtype)
-            step_seed(config.seed, num_update * accumulate + batch_id % accumulate, dist.rank)
+            if reseed:
+                step_seed(config.seed, num_update * accumulate + batch_id % accumulate, dist.rank, ctx)
             with mx.autograd.record():
                 out = scores(model, inputs, len(batch))
                 target = inputs[3].reshape((-1, 1)) if regression else inputs[3]
                 loss = loss_fn(out, target).mean()
                 scaled = loss * step.loss_scale if step.loss_scale != 1.0 else loss
             scaled.backward()
-            loss_sum += float(loss.asscalar())
+            step_loss = loss.astype("float32", copy=False) + step_loss  # summed on the device, read when logged
             loss_count += 1
             seen += len(batch)
             if (batch_id + 1) % accumulate == 0:
                 num_update += 1
                 trainer.set_learning_rate(schedule(num_update))
-                step(accumulate)
+                step(accumulate, step=num_update, loss=step_loss)  # the step's one host sync
+                loss_sum, step_loss = step_loss + loss_sum, 0
                 if accumulate > 1:
                     step.zero_grad()
                 if num_update % config.log_interval == 0 and dist.is_root:
                     rate = seen / max(time.time() - tic, 1e-9)
-                    bar.report(loss=loss_sum / loss_count, lr=trainer.learning_rate)
-                    logger.log(kind="train", epoch=epoch + 1, step=num_update, loss=loss_sum / loss_count,
+                    mean_loss = _read(loss_sum) / loss_count
+                    bar.report(loss=mean_loss, lr=trainer.learning_rate)
+                    logger.log(kind="train", epoch=epoch + 1, step=num_update, loss=mean_loss,
                                lr=trainer.learning_rate, samples_per_s=rate)
                 if config.training_steps and num_update >= total_steps:
                     stop = True
                     break
         bar.close()
+        loss_sum = step_loss + loss_sum  # micro-batches after the epoch's last full step
         mx.nd.waitall()
         elapsed = time.time() - tic
         improved = 0.0
@@ -249,7 +260,8 @@ def train(task, model, data, config, dist, ctx, pad_id, logger, ckpt):
                                            ctx, config.dtype)
             score = main_score(task, dev)
             record = {"kind": "dev", "epoch": epoch + 1, "step": num_update, "score": score,
-                      "train_loss": loss_sum / max(1, loss_count), "train_samples_per_s": seen / max(elapsed, 1e-9),
+                      "train_loss": _read(loss_sum) / max(1, loss_count),
+                      "train_samples_per_s": seen / max(elapsed, 1e-9),
                       "epoch_time_s": elapsed}
             for segment, metrics in dev.items():
                 record.update({f"{segment}.{k}": v for k, v in metrics.items()})

@@ -13,6 +13,7 @@ import numpy as np
 
 from bort.io import atomic_write
 from bort.progress import Progress
+from bort.train.distributed import to_device
 
 
 def make_batches(lengths, batch_size, shuffle=False, rng=None, bucket_size=100):
@@ -32,7 +33,8 @@ def make_batches(lengths, batch_size, shuffle=False, rng=None, bucket_size=100):
 
 
 def batchify(instances, pad_id, ctx, dtype="float32"):
-    """inputs (N*K, L), valid_length (N*K,), spans (N*K, S, 2) or None, targets (N,) or None."""
+    """inputs (N*K, L), valid_length (N*K,), spans (N*K, S, 2) or None, targets (N,) or None: NDArrays on `ctx`,
+    their copies to a GPU queued, not waited for."""
     seqs = [seq for inst in instances for seq in inst.seqs]
     length = max(len(s) for s in seqs)
     inputs = np.full((len(seqs), length), pad_id, dtype=np.int32)
@@ -41,11 +43,11 @@ def batchify(instances, pad_id, ctx, dtype="float32"):
     valid = np.array([len(s) for s in seqs], dtype=np.float32)
     spans = None
     if instances[0].spans is not None:
-        spans = mx.nd.array([sp for inst in instances for sp in inst.spans], ctx=ctx, dtype="int32")
+        spans = to_device(np.array([sp for inst in instances for sp in inst.spans]), ctx, "int32")
     targets = None
     if instances[0].target is not None:
-        targets = mx.nd.array([inst.target for inst in instances], ctx=ctx, dtype="float32")
-    return mx.nd.array(inputs, ctx=ctx), mx.nd.array(valid, ctx=ctx, dtype=dtype), spans, targets
+        targets = to_device(np.array([inst.target for inst in instances]), ctx, "float32")
+    return to_device(inputs, ctx), to_device(valid, ctx, dtype), spans, targets
 
 
 def scores(model, batch, num_instances):

@@ -14,7 +14,6 @@ import queue
 import threading
 
 import bort  # noqa: F401
-import mxnet as mx
 import numpy as np
 
 from data.collate import batchify
@@ -23,6 +22,7 @@ from data.shard_files import list_shards
 
 from bort.pretrain import teacher_cache
 from bort.errors import BortError
+from bort.train.distributed import to_device
 
 
 def split_shards(paths, size, rank, what="--data"):
@@ -198,10 +198,10 @@ def to_nd(arrays, ctx, dtype="float32"):
     """(inputs, valid_length, masked_positions, labels, weights) NDArrays from a batchify() dict.
 
     Token ids and positions stay float32 (float16 cannot hold ids above 2048 exactly); valid_length takes the
-    model's dtype (it builds the attention mask)."""
-    return (mx.nd.array(arrays["input_ids"], ctx=ctx, dtype="float32"),
-            mx.nd.array(arrays["valid_length"], ctx=ctx, dtype=dtype),
-            mx.nd.array(arrays["masked_positions"], ctx=ctx, dtype="float32"),
-            mx.nd.array(arrays["masked_ids"], ctx=ctx, dtype="float32"),
-            mx.nd.array(arrays["masked_weights"], ctx=ctx, dtype="float32"))
+    model's dtype (it builds the attention mask). The copies to a GPU are queued, not waited for."""
+    return (to_device(arrays["input_ids"], ctx, "float32"),
+            to_device(arrays["valid_length"], ctx, dtype),
+            to_device(arrays["masked_positions"], ctx, "float32"),
+            to_device(arrays["masked_ids"], ctx, "float32"),
+            to_device(arrays["masked_weights"], ctx, "float32"))
 

@@ -30,8 +30,8 @@ from bort.pretrain.topk_distill import TopKDistillationLoss, prediction_counts, 
 from bort.profiling import StepProfiler
 from bort.progress import Progress
 from bort.train.distributed import Distributed
-from bort.train.optim import (LinearWarmupDecay, create_trainer, prepare_optimizer_state, set_seed, step_seed,
-                              trainable_parameters)
+from bort.train.optim import (LinearWarmupDecay, create_trainer, dropout_reseeded, prepare_optimizer_state,
+                              set_seed, step_seed, trainable_parameters)
 from bort.train.precision import DynamicLossScaler, GradientStep, choose_context
 from bort.weights.store import resume_original
 from data.pretraining_format import load_shard
@@ -95,6 +95,9 @@ class PretrainConfig:
     teacher_cache: str = None
     teacher_cache_topk: int = None
     progress: bool = True
+    # GPU: dropout by MXNet's kernel (cudnn_off=True) instead of cuDNN's, so that masks follow the per-step seed
+    # and a resume is exact (docs/gpu.md, 'Reproducibility on GPU'); no effect on CPU
+    dropout_cudnn_off: bool = False
 
 
 
@@ -206,6 +209,7 @@ def pretrain(config, dist=None):
     progress = Progress(total=config.num_steps, initial=start_step, desc="distillation", unit="step",
                         enabled=config.progress and dist.is_root)
     profiler = StepProfiler(config.profile, config.num_steps, dist.rank, dist.size)
+    reseed = dropout_reseeded(ctx, config.dropout_cudnn_off)
     totals, last_train, last_eval = Totals(), None, None
     step, window_start, window_steps = start_step, time.time(), 0
     data_time = 0.0
@@ -219,15 +223,17 @@ def pretrain(config, dist=None):
             data_time += time.time() - t0
             lr = schedule(step)
             trainer.set_learning_rate(lr)
+            step_loss = 0
             for m, arrays in enumerate(micro_batches):
                 slot = dist.rank * config.accumulate + m
                 out, logits, teacher_logits, labels, weights = forward_backward(
                     student, teacher, loss_fn, to_nd(arrays, ctx, dtype), stepper.loss_scale / config.accumulate,
-                    before_student=lambda: step_seed(config.seed, step, slot),
+                    before_student=(lambda: step_seed(config.seed, step, slot, ctx)) if reseed else None,
                     cached_teacher=teacher_from_batch(arrays, ctx))
                 correct, agree = prediction_counts(logits, teacher_logits, labels, weights)
                 totals.add(out, correct, agree, float(arrays["valid_length"].sum()))
-            grad_norm, applied = stepper(1.0)
+                step_loss = out["loss"] + step_loss
+            grad_norm, applied = stepper(1.0, step=step, loss=step_loss)  # the step's one host sync
             if config.accumulate > 1:
                 stepper.zero_grad()
             window_steps += 1

@@ -9,7 +9,7 @@ from bort.weights.checkpoint import finish_deferred_init, load_parameters, read_
 from bort.pretrain.distill import load_teacher
 from bort.pretrain.topk_distill import prediction_counts, teacher_from_batch
 from bort.errors import BortError
-from bort.model import build_model, get_config
+from bort.model import build_model, disable_cudnn_dropout, get_config
 from bort.pretrain.batches import to_nd
 from bort.weights.store import student_params_path
 
@@ -25,6 +25,8 @@ def build_student(config, vocab_size, ctx):
             raise BortError(f"{config.student_params}: student vocabulary size {model_config.vocab_size} differs "
                             f"from the data's {vocab_size}")
     model = finish_deferred_init(build_model(model_config, ctx=ctx))
+    if config.dropout_cudnn_off:
+        disable_cudnn_dropout(model)
     if config.student_params:
         load_parameters(model, config.student_params)
     return model, model_config

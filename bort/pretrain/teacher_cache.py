@@ -339,7 +339,7 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
 
     from bort.pretrain.distill import load_teacher  # noqa: PLC0415
     from bort.progress import Progress  # noqa: PLC0415
-    from bort.train.distributed import Distributed  # noqa: PLC0415
+    from bort.train.distributed import Distributed, rank_device  # noqa: PLC0415
     from bort.train.optim import set_seed  # noqa: PLC0415
 
     dist = dist or Distributed()
@@ -358,9 +358,8 @@ def build_cache(data, cache_dir=BESIDE, teacher_ckpt_dir=None, teacher_model="ro
     for directory in sorted({os.path.dirname(target) for target in targets}):  # before the teacher runs
         check_writable(directory, "--cache_dir" if cache_dir not in (None, "", BESIDE) else "--cache_dir beside")
     mine = [p for i, p in enumerate(paths) if i % dist.size == dist.rank]
-    use_gpu = not cpu_only and mx.context.num_gpus() > 0
-    ctx = mx.gpu(dist.local_rank) if use_gpu else mx.cpu()
-    dtype = dtype if use_gpu else "float32"
+    ctx = rank_device(dist.local_rank, use_gpu=not cpu_only)
+    dtype = dtype if ctx.device_type == "gpu" else "float32"
     vocab = (load_shard(paths[0], allow_legacy_pickle=allow_legacy_pickle).metadata or {}).get("vocab_size")
     set_seed(seed)  # a random teacher (tests only) is then the same on every rank
     teacher = load_teacher(teacher_ckpt_dir, config=teacher_model, ctx=ctx, dtype=dtype,

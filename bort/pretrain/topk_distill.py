@@ -22,6 +22,7 @@ import mxnet as mx
 from bort.pretrain.distill import DistillationLoss, per_position_terms
 from bort.pretrain.distill import prediction_counts as live_prediction_counts
 from bort.errors import BortError
+from bort.train.distributed import to_device
 
 # The names under which the data pipeline attaches a batch's cached teacher rows (numpy, (B, K, ...)).
 BATCH_KEYS = ("teacher_topk_ids", "teacher_topk_prob", "teacher_rest_mass", "teacher_neg_entropy")
@@ -49,7 +50,7 @@ def teacher_from_batch(arrays, ctx):
     if BATCH_KEYS[0] not in arrays:
         return None
     k = arrays["teacher_topk_ids"].shape[-1]
-    ids, prob, rest, neg = (mx.nd.array(arrays[key], ctx=ctx, dtype="float32") for key in BATCH_KEYS)
+    ids, prob, rest, neg = (to_device(arrays[key], ctx, "float32") for key in BATCH_KEYS)
     return CachedTopK(ids.reshape((-1, k)), prob.reshape((-1, k)), rest.reshape((-1,)), neg.reshape((-1,)))
 
 

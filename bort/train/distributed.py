@@ -13,6 +13,24 @@ def launched_by_horovodrun():
     return any(key in os.environ for key in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"))
 
 
+def rank_device(local_rank=0, use_gpu=True, gpu=None):
+    """The device of a process: GPU `gpu` if given, else GPU `local_rank` modulo the GPUs this process sees (so a
+    scheduler that shows each rank one GPU through CUDA_VISIBLE_DEVICES, or more ranks than GPUs, works); the CPU
+    without `use_gpu` or when no GPU is visible. The one device choice of every entry point."""
+    num_gpus = mx.context.num_gpus() if use_gpu else 0
+    if not num_gpus:
+        return mx.cpu()
+    return mx.gpu(gpu if gpu is not None else local_rank % num_gpus)
+
+
+def to_device(array, ctx, dtype=None):
+    """A host (numpy) array as an NDArray on `ctx` without blocking the Python thread: copied into CPU memory, then
+    to the device by the engine (`as_in_context` only queues the copy). `dtype` None: mx.nd.array's default
+    (float32)."""
+    host = mx.nd.array(array, ctx=mx.cpu(), dtype=dtype)
+    return host if ctx == host.context else host.as_in_context(ctx)
+
+
 class Distributed:
     """Rank/size and collectives; Horovod underneath when enabled, plain single-process otherwise."""
 

@@ -4,7 +4,7 @@
 - `LinearWarmupDecay`: linear warmup to the peak learning rate, then linear decay to zero.
 - `prepare_optimizer_state`: create a trainer's optimizer state now, so that a checkpoint can be restored into it.
 - `step_seed`: a per-step MXNet seed, which makes dropout reproducible across a resume (MXNet's RNG state
-  cannot be saved).
+  cannot be saved); `dropout_reseeded`: whether it does anything on a device.
 """
 import random
 
@@ -24,9 +24,21 @@ def set_seed(seed):
     mx.random.seed(seed)
 
 
-def step_seed(seed, step, rank=0):
-    """Reseed MXNet's RNG for one step so that dropout masks depend only on (seed, step, rank)."""
-    mx.random.seed((seed * 1_000_003 + step * 1_009 + rank) % (2 ** 31))
+def step_seed(seed, step, rank=0, ctx=None):
+    """Reseed MXNet's RNG for one step so that dropout masks depend only on (seed, step, rank): every device's
+    generator, or with a GPU `ctx` only that GPU's (reseeding a GPU generator launches kernels)."""
+    value = (seed * 1_000_003 + step * 1_009 + rank) % (2 ** 31)
+    if ctx is not None and ctx.device_type == "gpu":
+        mx.random.seed(value, ctx=ctx)
+    else:
+        mx.random.seed(value)
+
+
+def dropout_reseeded(ctx, cudnn_off=False):
+    """Whether reseeding MXNet's generator every step changes the dropout masks on `ctx`: on CPU, and on GPU only
+    with dropout computed by MXNet's kernel (bort.model.disable_cudnn_dropout); cuDNN's dropout ignores the seed, so
+    there the reseed would cost time and buy nothing."""
+    return ctx.device_type != "gpu" or cudnn_off
 
 
 def trainable_parameters(block):

@@ -16,8 +16,10 @@ import threading
 import bort  # noqa: F401
 import mxnet as mx
 import numpy as np
+from gluonnlp.optimizer import BERTAdam
 
 from bort.errors import BortError
+from bort.train.distributed import rank_device
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,11 @@ def cpu_float16_allowed():
 
 
 def choose_context(dtype, use_gpu=True, local_rank=0, gpu=None, flag="--dtype"):
-    """(context, dtype) of a run. GPU `gpu` (or the rank's GPU: local_rank modulo the GPUs this process sees, so a
-    scheduler that shows each rank one GPU works); float16 without a GPU only with BORT_CPU_FLOAT16=1."""
-    num_gpus = mx.context.num_gpus() if use_gpu else 0
-    if num_gpus:
-        return mx.gpu(gpu if gpu is not None else local_rank % num_gpus), dtype
+    """(context, dtype) of a run: the rank's device (bort.train.distributed.rank_device); float16 without a GPU only
+    with BORT_CPU_FLOAT16=1."""
+    ctx = rank_device(local_rank, use_gpu, gpu)
+    if ctx.device_type == "gpu":
+        return ctx, dtype
     if dtype == "float16":
         if not cpu_float16_allowed():
             raise BortError(f"{flag} float16 needs a GPU ({'none found' if use_gpu else 'CPU chosen'}); use {flag} "
@@ -160,19 +162,29 @@ class DynamicLossScaler:
 
 
 def global_norm(params):
-    """L2 norm of all gradients, accumulated in float32 (a float16 sum of squares overflows at 256)."""
-    squares = [mx.nd.square(p.grad().astype("float32", copy=False)).sum() for p in params]
-    return float(mx.nd.add_n(*squares).sqrt().asscalar()) if squares else 0.0
+    """L2 norm of all gradients: a (1,) float32 NDArray on their device, queued, not read. One multi_sum_sq
+    kernel for all gradients (float32 accumulation on GPU; MXNet's CPU kernel accumulates in the input dtype, so on
+    CPU float16 gradients are cast first: a float16 sum of squares overflows at 256)."""
+    grads = [p.grad() for p in params]
+    if grads[0].context.device_type == "cpu" and grads[0].dtype == np.float16:
+        grads = [g.astype("float32") for g in grads]
+    return mx.nd.add_n(*mx.nd.multi_sum_sq(*grads, num_arrays=len(grads))).sqrt()
 
 
 class GradientStep:
     """All-reduce gradients, check them for overflow, clip them by global norm, update; with a loss scaler for
     float16.
 
-    `__call__(normalizer)` divides gradients by `normalizer` (e.g. the number of samples or tokens in this
-    rank's batch; Horovod additionally averages over ranks). Returns (grad_norm, applied).
+    `__call__(normalizer, step, loss)` divides gradients by `normalizer` (e.g. the number of samples or tokens in
+    this rank's batch; Horovod additionally averages over ranks). Returns (grad_norm, applied).
     Clipping never rescales float16 gradients in place: the clip factor joins the loss scale and the normalizer
     in the optimizer's `rescale_grad`, applied in float32 inside the (multi-precision) update.
+
+    One host synchronisation per step: with BERTAdam (whose update takes `rescale_grad` as an NDArray and skips
+    the update when it is not finite, as gluon-nlp's FP16Trainer relies on) the update is queued first and the
+    norm read after; with the other optimizers the norm is read before the update. A non-finite norm (or `loss`,
+    folded into it) skips the step in float16 (the loss scaler counts it) and stops a float32 run with a BortError
+    naming `step`.
     """
 
     def __init__(self, trainer, params, max_norm=1.0, loss_scaler=None):
@@ -180,28 +192,42 @@ class GradientStep:
         self.params = [p for p in params.values() if p.grad_req != "null"]
         self.max_norm = max_norm
         self.loss_scaler = loss_scaler
+        self.queue_first = isinstance(trainer.optimizer, BERTAdam)
 
     @property
     def loss_scale(self):
         return self.loss_scaler.scale if self.loss_scaler else 1.0
 
-    def __call__(self, normalizer=1.0):
+    def __call__(self, normalizer=1.0, step=None, loss=None):
         self.trainer.allreduce_grads()
         scale = self.loss_scale * normalizer
         # Horovod without NCCL averaging leaves the sum over ranks in the gradients and folds 1/size into
         # trainer._scale (rescale_grad): measure and clip the gradient that the update will actually apply.
         grad_scale = scale / getattr(self.trainer, "_scale", 1.0)
         norm = global_norm(self.params) / grad_scale
-        finite = math.isfinite(norm)
+        if loss is not None:
+            norm = norm + (loss.astype("float32", copy=False) * 0).sum()  # NaN unless the loss is finite
+        if self.queue_first:
+            # max(norm / max_norm, 1), NaN or inf when the norm is: then rescale_grad is not finite (or 0) and
+            # BERTAdam's kernels leave weights and moments untouched.
+            clip = mx.nd.maximum(norm / self.max_norm, 1.0) + norm * 0 if self.max_norm else norm * 0 + 1
+            self.trainer.update(clip * scale)
+            norm = float(norm.asscalar())
+            finite = math.isfinite(norm)
+        else:
+            norm = float(norm.asscalar())
+            finite = math.isfinite(norm)
+            if finite:
+                if self.max_norm and norm > self.max_norm:
+                    scale *= norm / self.max_norm
+                self.trainer.update(scale)
         if self.loss_scaler:
             self.loss_scaler.update(not finite)
-        if finite:
-            if self.max_norm and norm > self.max_norm:
-                scale *= norm / self.max_norm
-            self.trainer.update(scale)
+        elif not finite:
+            raise BortError(f"step {step}: non-finite loss or gradient (norm {norm}) in float32; the model diverged "
+                            f"or its input holds NaN/inf: lower --lr, or resume from an earlier checkpoint")
         return norm, finite
 
     def zero_grad(self):
         for param in self.params:
             param.zero_grad()
-

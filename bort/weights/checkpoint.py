@@ -9,6 +9,7 @@ import os
 
 import bort  # noqa: F401
 import mxnet as mx
+import numpy as np
 
 from bort.errors import BortError
 from bort.io import atomic_write, file_sha256, read_json, write_json
@@ -74,10 +75,20 @@ def load_arrays(block, arrays, source, allow_missing=(), ignore_extra=()):
     for name, param in params.items():
         if name in arrays:
             value = arrays[name]
+            check_finite(value, name, source)
             if not isinstance(value, mx.nd.NDArray):
                 value = mx.nd.array(value, dtype=param.dtype)
             param.set_data(value.astype(param.dtype))
     return block
+
+
+def check_finite(value, name, source):
+    """One-line BortError if the array `value` (NDArray or numpy) holds NaN or inf: such weights train to NaN."""
+    host = value.asnumpy() if isinstance(value, mx.nd.NDArray) else np.asarray(value)
+    bad = host.size - int(np.isfinite(host).sum())
+    if bad:
+        raise BortError(f"{source}: parameter {name} holds {bad} non-finite value(s) (NaN or inf); the file is "
+                        f"damaged or was saved by a run that diverged")
 
 
 def finish_deferred_init(block):
