@@ -15,7 +15,11 @@ COLUMNS = ("rank", "name", "num_layers", "num_heads", "units", "hidden_size", "p
 
 def summarize(search, timings, trained, wall_seconds):
     """The summary dict: settings, T's objectives, rows sorted by size with rank/pareto/chosen, counts."""
-    rows = [search.objectives(a, timings, search.load_result(a)) for a in search.ordered]
+    # only the candidates this search selected count, even when a shared --candidate_dir holds others
+    selected = {a: k for k in (1, 2) for a in search.stage(k)}
+    rows = [search.objectives(a, timings, search.load_result(a) if a in selected else None) for a in search.ordered]
+    for arch, row in zip(search.ordered, rows):
+        row["stage"] = selected.get(arch)
     ranked = sorted((r for r in rows if r["W"] is not None), key=lambda r: -r["W"])
     for k, row in enumerate(ranked):
         row["rank"] = k + 1
