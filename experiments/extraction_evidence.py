@@ -60,7 +60,7 @@ def full_distillation(args, search, arch, timings):
     path = os.path.join(args.run_dir, "full", f"{arch.name}.json")
     if os.path.isfile(path):
         return read_json(path)
-    config = dataclasses.replace(train_config(search.settings, search), num_steps=args.full_steps,
+    config = dataclasses.replace(train_config(search.settings), num_steps=args.full_steps,
                                  ckpt_interval=args.full_steps, log_interval=50)
     theta = read_json(search.result_path(arch))["theta"]
     result = evaluate.estimate_error(arch, search.base_model, config, [theta], "mlm_error",
@@ -80,7 +80,7 @@ def seed_stability(args, top):
         search = Search(settings_for(args, 1, seed))
         os.makedirs(search.settings.out_dir, exist_ok=True)
         timings = read_json(os.path.join(args.run_dir, "eps1", "timing.json"))["candidates"]
-        config = train_config(search.settings, search)
+        config = train_config(search.settings)
         rows = []
         for name in top:
             arch = parse_architecture(name)

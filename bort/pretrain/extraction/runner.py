@@ -189,7 +189,7 @@ class Search:
         return row
 
 
-def train_config(settings, search):
+def train_config(settings):
     from bort.pretrain.loop import PretrainConfig  # noqa: PLC0415
 
     s = settings
@@ -210,7 +210,7 @@ def evaluate_share(search, stage, rank, size, local_rank=0, progress=True):
     mine = [a for j, a in enumerate(search.stage(stage)) if j % size == rank and search.load_result(a) is None]
     single = Distributed(use_horovod=False)
     single.local_rank = local_rank  # this worker's GPU; the candidate trains alone on it
-    config = train_config(search.settings, search)
+    config = train_config(search.settings)
     bar = None
     if progress and rank == 0 and mine:
         from tqdm import tqdm  # noqa: PLC0415
