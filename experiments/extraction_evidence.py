@@ -10,7 +10,8 @@ teacher/ (the teacher's checkpoint, for its held-out accuracy). Then, each step 
 1. the exhaustive search over the space (every candidate s steps), results in <run_dir>/eps1;
 2. ε-sampled searches, <run_dir>/eps<ε>, on the same candidate results and timings (a pivot's ê and i do not
    depend on ε; their training seconds are summed as if each search had trained its own);
-3. full distillation (--full_steps) of the exhaustive choice and of its grid neighbour with the highest W;
+3. full distillation (--full_steps) of the exhaustive choice and of its grid neighbour with the highest W
+   (--all_neighbours: of every grid neighbour, one dimension one step away);
 4. the top --top_k candidates of seed 0 retrained with the other --seeds: does the argmax of W move?
 Prints a table and writes the JSON.
 """
@@ -108,6 +109,8 @@ def main(argv=None):
     p.add_argument("--eps", default="2,4")
     p.add_argument("--full_steps", type=int, default=600)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--all_neighbours", action="store_true",
+                   help="fully distil every grid neighbour of the choice, not only the one with the highest W")
     p.add_argument("--top_k", type=int, default=6)
     p.add_argument("--output", default="docs/results/json/extraction.json")
     args = p.parse_args(argv)
@@ -128,9 +131,10 @@ def main(argv=None):
     timings = read_json(os.path.join(search.settings.out_dir, "timing.json"))["candidates"]
     chosen = parse_architecture(exhaustive["chosen"])
     rows = {r["name"]: r for r in exhaustive["rows"]}
-    rival = max((a for a in neighbours(chosen, search.space) if rows[a.name]["W"] is not None),
-                key=lambda a: rows[a.name]["W"])
-    report["full"] = [full_distillation(args, search, a, timings) for a in (chosen, rival)]
+    near = sorted((a for a in neighbours(chosen, search.space) if rows[a.name]["W"] is not None),
+                  key=lambda a: -rows[a.name]["W"])
+    near = near if args.all_neighbours else near[:1]
+    report["full"] = [full_distillation(args, search, a, timings) for a in [chosen] + near]
     ranked = sorted((r for r in exhaustive["rows"] if r["W"] is not None), key=lambda r: -r["W"])
     report["seeds"] = seed_stability(args, [r["name"] for r in ranked[:args.top_k]])
     table = ["| search | chosen | W | W / W(ε=1) | candidates trained | training s (sum) |", "|---|---|---:|---:|---:|---:|"]
