@@ -1,6 +1,7 @@
 """Subarchitecture extraction (bort.pretrain.extraction, scripts/extract_subarchitecture.py): W, the rejection
 rule, ε-interval selection and the Pareto front on hand-made numbers; the search space files and the analytic
 objectives against the model; a 2-candidate search end to end on the sample text, interrupted and resumed."""
+import dataclasses
 import json
 import os
 import shutil
@@ -193,14 +194,17 @@ def test_search_end_to_end_interrupted_and_resumed(search_inputs, tmp_path, monk
 
     # ε = 2 on the same candidate results: one pivot (the smaller), nothing retrained; --refine adds its interval
     monkeypatch.setattr(evaluate, "estimate_error", lambda *a, **k: pytest.fail("nothing should be retrained"))
-    eps = run_search(SearchSettings(space=search_inputs["space"], train=search_inputs["train"],
-                                    heldout=search_inputs["heldout"], out_dir=str(tmp_path / "eps2"),
-                                    candidate_dir=str(out / "candidates"), teacher_cache="beside", eps=2, steps=3,
-                                    thetas='[{"lr": 1e-3}, {"lr": 3e-3}]', base_model="bort_tiny", batch_size=8,
-                                    batch_size_eval=16, speed="operations", timing_seq_len=16, timing_repeats=1,
-                                    timing_rounds=1, cpu_only=True, progress=False))
+    settings = SearchSettings(space=search_inputs["space"], train=search_inputs["train"],
+                              heldout=search_inputs["heldout"], out_dir=str(tmp_path / "eps2"),
+                              candidate_dir=str(out / "candidates"), teacher_cache="beside", eps=2, steps=3,
+                              thetas='[{"lr": 1e-3}, {"lr": 3e-3}]', base_model="bort_tiny", batch_size=8,
+                              batch_size_eval=16, speed="operations", timing_seq_len=16, timing_repeats=1,
+                              timing_rounds=1, cpu_only=True, progress=False)
+    eps = run_search(settings)
     assert eps["evaluated"] == 1 and eps["chosen"] == "D1-A2-H16-I32"
     assert [r["evaluated"] for r in eps["rows"]] == [True, False]
+    refined = run_search(dataclasses.replace(settings, refine=True))
+    assert refined["evaluated"] == 2 and [r["stage"] for r in refined["rows"]] == [1, 2]
 
     # other training settings must not silently reuse these results
     with pytest.raises(BortError, match="other training settings"):
