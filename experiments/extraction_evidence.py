@@ -137,7 +137,8 @@ def main(argv=None):
     report["full"] = [full_distillation(args, search, a, timings) for a in [chosen] + near]
     ranked = sorted((r for r in exhaustive["rows"] if r["W"] is not None), key=lambda r: -r["W"])
     report["seeds"] = seed_stability(args, [r["name"] for r in ranked[:args.top_k]])
-    table = ["| search | chosen | W | W / W(ε=1) | candidates trained | training s (sum) |", "|---|---|---:|---:|---:|---:|"]
+    table = ["| search | chosen | W | W / W(ε=1) | candidates trained | training s (sum) |",
+             "|---|---|---:|---:|---:|---:|"]
     for eps, summary in sorted(report["searches"].items()):
         w = summary["chosen_row"]["W"]
         table.append(f"| ε = {eps} | {summary['chosen']} | {w:.4f} | {w / best_w:.3f} | {summary['evaluated']} of "

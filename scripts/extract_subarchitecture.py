@@ -26,7 +26,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("search space")
-    g.add_argument("--space", default=d.space, help="a search-space JSON file, or a shipped one: bort_paper, cpu_scaled")
+    g.add_argument("--space", default=d.space,
+                   help="a search-space JSON file, or a shipped one: bort_paper, cpu_scaled")
     g.add_argument("--maximum_point", default=None, help="T as D<layers>-A<heads>-H<hidden>-I<intermediate> "
                                                          "(default: the space's, e.g. the teacher's shape)")
     g = p.add_argument_group("teacher and data")

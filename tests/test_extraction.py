@@ -165,7 +165,8 @@ def test_search_end_to_end_interrupted_and_resumed(search_inputs, tmp_path, monk
     assert os.path.isfile(os.path.join(search_inputs["heldout"], "part-000.npz.topk"))
 
     resumed = []
-    monkeypatch.setattr(evaluate, "estimate_error", lambda arch, *a, **k: resumed.append(arch.name) or real(arch, *a, **k))
+    monkeypatch.setattr(evaluate, "estimate_error",
+                        lambda arch, *a, **k: resumed.append(arch.name) or real(arch, *a, **k))
     timing_before = os.path.getmtime(out / "timing.json")
     extract_main(flags(search_inputs, out, "--teacher_cache", "beside"))
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

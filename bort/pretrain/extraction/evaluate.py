@@ -46,8 +46,8 @@ def parse_thetas(spec):
             raise BortError(f"{where}: set {k}: unknown keys {unknown}; a set may hold {sorted(TUNABLE)}")
         for key, value in theta.items():
             kind = TUNABLE[key]
-            ok = isinstance(value, str) if kind is str else (
-                isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value)))
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, str) if kind is str else number and (kind is float or value == int(value))
             if not ok:
                 raise BortError(f"{where}: set {k}: {key} must be {kind.__name__}, got {value!r}")
             theta[key] = kind(value)

@@ -180,7 +180,8 @@ class Search:
             row.update(error=result["error"], theta=result["theta"], train_seconds=result["seconds"],
                        heldout=result["per_theta"][result["theta_index"]]["eval"])
             if math.isfinite(result["error"]) and result["error"] > 0:
-                for key, (i, i_t) in (("W_measured", (ms, ms_t)), ("W_operations", (self.ops[arch], self.ops[self.maximum]))):
+                speeds = {"W_measured": (ms, ms_t), "W_operations": (self.ops[arch], self.ops[self.maximum])}
+                for key, (i, i_t) in speeds.items():
                     if i is not None:
                         row[key] = w_coefficient(p, i, result["error"], p_t, i_t)
                 row["W"] = row["W_measured" if s.speed == "measured" else "W_operations"]
