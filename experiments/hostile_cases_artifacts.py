@@ -2,8 +2,7 @@
 a run, the environment (full and read-only disks, outputs that are files), inference inputs.
 
 Full and read-only disks are real: small tmpfs mounts under the work directory (`Sweep.disk`), unmounted when the
-sweep ends; where mounting is not allowed those cases are left out (the tests inject the errno instead). Cases
-that another change of issue #24 fixes carry `pending` (they pass once it is merged).
+sweep ends; where mounting is not allowed those cases are left out (the tests inject the errno instead).
 """
 import os
 import re
@@ -12,9 +11,6 @@ import shutil
 from experiments.hostile_cases import FINETUNE, PRETRAIN, ROOT, TINY_FT, VOCAB, shard_variant
 
 CACHE_TEACHER = ["scripts/cache_teacher.py", "--cpu_only", "--no_progress", "--topk", "4"]
-NAN_STOPS = "#24 item 2 (NaN stops, with the training-step work)"
-SHARDS = "#24 item 6 (shard checks, with the new shard format)"
-CACHE_LOCK = "#24 item 8 (cache_teacher lock)"
 
 
 def _cache(sweep):
@@ -101,11 +97,10 @@ def corrupted_artifacts(sweep, cls):
                "--output_dir", out("axg")] + TINY_FT + VOCAB, lines={os.path.join(out("axg"), "AX-g.jsonl"): 3})
     sweep.add(cls, "student checkpoint with a NaN weight",
               PRETRAIN + ["--data", shards, "--student_params", _nan_params(sweep), "--ckpt_dir", out("nan")],
-              absent=[os.path.join(out("nan"), "step_0000001" + ext) for ext in (".params", ".state.json")],
-              pending=NAN_STOPS)
+              absent=[os.path.join(out("nan"), "step_0000001" + ext) for ext in (".params", ".state.json")])
     pad = shard_variant(sweep, shards, "pad_id_outside", meta={"pad_id": 5000})
     sweep.add(cls, "shard pad_id outside the vocabulary", PRETRAIN + ["--data", pad, "--ckpt_dir", out("pad")],
-              absent=[out("pad")], pending=SHARDS)
+              absent=[out("pad")])
 
 
 def faults_mid_run(sweep, cls):
@@ -161,7 +156,7 @@ def environment(sweep, cls):
     sweep.add(cls, "cache_teacher.py --cache_dir an existing file", cache + [a_file])
     sweep.add(cls, "convert_checkpoint hf2gluon --output an existing directory", convert + [sweep.work])
     sweep.add(cls, "cache_teacher.py into a cache directory another run holds", cache + [out("held_cache")],
-              holder=out("held_cache"), pending=CACHE_LOCK)
+              holder=out("held_cache"))
 
 
 def inference_inputs(sweep, cls):
