@@ -10,8 +10,8 @@ and a plain PyTorch loop (AdamW, linear warm-up and decay, clipping at 1.0), eac
 OMP_NUM_THREADS, one after the other, so both see the same machine load. Training rows: the first --train_rows
 rows of the released train.tsv; dev: the official dev file, scored by this repository's metrics for both. The score
 reported is the final epoch's (finetune_bort.py also keeps its best epoch; that is in the JSON as `best_score`).
-Results are written after every run, so an interrupted sweep keeps what it finished; `--table_only` prints the
-table of a JSON file.
+Results are written after every run, so an interrupted sweep keeps what it finished (`--resume` goes on from it);
+`--table_only` prints the table of a JSON file.
 """
 import argparse
 import json
@@ -182,6 +182,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS (and torch threads) of both sides")
     p.add_argument("--output", default="finetune_parity.json")
     p.add_argument("--table_only", action="store_true", help="print the table of --output and stop")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in --output (same settings) and do only the missing task/seed pairs")
     p.add_argument("--hf_worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.hf_worker:
@@ -193,13 +195,24 @@ def main(argv=None):
     from bort.weights.packaged import minilm_checkpoint
 
     model_dir = args.model_dir or minilm_checkpoint()
-    settings = {k: v for k, v in vars(args).items() if k not in ("hf_worker", "table_only", "output")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("hf_worker", "table_only", "output", "resume")}
     report = {"command": "python -m benchmarks.finetune_parity " + " ".join(argv or sys.argv[1:]),
               "settings": settings, "cpu": os.cpu_count(), "runs": []}
+    if args.resume and os.path.isfile(args.output):
+        with open(args.output, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+        if earlier["settings"] | {"tasks": None, "seeds": None} != settings | {"tasks": None, "seeds": None}:
+            raise BortError(f"{args.output}: written with other settings ({earlier['settings']}); --resume needs the "
+                            "same ones (tasks and seeds may differ)")
+        report["runs"] = earlier["runs"]
+        report["command"] = earlier["command"] + " ; resumed: " + report["command"]
+    done = {(r["task"], r["seed"]) for r in report["runs"]}
     with tempfile.TemporaryDirectory(prefix="finetune_parity.") as work:
         data = {task: training_copy(task, args.glue_dir, args.train_rows, work) for task in args.tasks}
         for seed in args.seeds:
             for task in args.tasks:
+                if (task, seed) in done:
+                    continue
                 ours = run_ours(task, data[task], model_dir, seed, args, os.path.join(work, f"out_{task}_{seed}"))
                 hf = run_hf(task, data[task], model_dir, seed, args)
                 report["runs"].append({"task": task, "seed": seed, "ours": ours, "hf": hf,

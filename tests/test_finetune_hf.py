@@ -84,3 +84,13 @@ def test_cpu_inference_gives_bert_pairs_the_segment_ids_fine_tuning_gave():
     expected = predict_outputs(task, model, instances, tokenizer.pad_id, batch_size=3)
     got = predict_task(model.head, prepare(model.bort, "fp32"), instances, tokenizer.pad_id, batch_size=4)
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_parity_table_has_each_seed_and_the_means_side_by_side():
+    from benchmarks.finetune_parity import table
+
+    runs = [{"task": "RTE", "seed": seed, "ours": {"score": ours, "examples_per_s": 10.0 * seed},
+             "hf": {"score": hf, "examples_per_s": 5.0}} for seed, ours, hf in ((1, 0.6, 0.5), (2, 0.7, 0.6))]
+    lines = table(runs).splitlines()
+    assert lines[2] == "| RTE | 1 | 60.00 | 50.00 | 10.0 | 5.0 |"
+    assert lines[4] == "| **RTE** | mean of 2 | **65.00** | **55.00** | **15.0** | **5.0** |"
