@@ -43,6 +43,11 @@ def get_parser():
     p.add_argument("--training_steps", type=int, default=None, help="total steps (overrides --epochs)")
     p.add_argument("--batch_size", type=int, default=D.batch_size, help="examples per device and step")
     p.add_argument("--dev_batch_size", type=int, default=D.dev_batch_size, help="batch size for dev and test")
+    p.add_argument("--bucket_batches", type=int, default=D.bucket_batches,
+                   help="training batches whose examples are sorted by length together, for less padding (1: random "
+                        "batches); default 100, and 1 for regression tasks (STS-B's rows are ordered by source, "
+                        "whose lengths and scores differ: length-sorted batches each held one slice of the scores "
+                        "and the regression did not learn)")
     p.add_argument("--init", default=D.init, choices=["gaussian", "uniform", "orthogonal", "xavier"],
                    help="initialization of the task head")
     p.add_argument("--prob", type=float, default=D.prob, help="scale of the head's initialization")

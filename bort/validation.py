@@ -59,6 +59,7 @@ def check_finetune_inputs(config, tokenizer, hf_config=None):
     """--max_len within the model's positions; a fine-tuned checkpoint's vocabulary equal to the tokenizer's.
     Returns the max_len to use: config.max_len, or when unset the original's 512 (fewer for a model with fewer
     positions). `hf_config`: as for finetune_model_config."""
+    check_positive({"bucket_batches": config.bucket_batches})
     model_config, source = finetune_model_config(config, tokenizer, hf_config)
     max_len = config.max_len
     if max_len is None:

@@ -150,3 +150,28 @@ def test_training_without_a_test_file_writes_no_leaderboard_file(tmp_path, capsy
         cli(["--task_name", "MNLI", "--only_inference", "--model_parameters", str(out / "model_bort_WNLI.params"),
              "--data_dir", str(mnli), "--output_dir", str(tmp_path / "out3")] + TINY)
     assert "diagnostic.tsv:1: missing column 'sentence2'" in capsys.readouterr().err
+
+
+def test_regression_batches_are_random_and_classification_batches_bucketed_by_length():
+    """Length-sorted batches starved STS-B's regression (each batch one slice of the scores): regression tasks get
+    random batches unless --bucket_batches says otherwise; classification keeps the padding-saving buckets."""
+    import numpy as np
+
+    from bort.finetune.config import FinetuneConfig
+    from bort.finetune.loop import training_batches
+
+    lengths = list(np.random.RandomState(0).randint(5, 120, size=2000))
+
+    def mean_spread(batches):  # mean within-batch standard deviation of the lengths
+        return float(np.mean([np.std([lengths[i] for i in batch]) for batch in batches]))
+
+    overall = float(np.std(lengths))
+    config = FinetuneConfig(batch_size=32)
+    regression = training_batches(lengths, config, True, np.random.RandomState(1))
+    classification = training_batches(lengths, config, False, np.random.RandomState(1))
+    assert sorted(i for b in regression for i in b) == list(range(2000))
+    assert mean_spread(regression) > 0.8 * overall  # as mixed as random batches
+    assert mean_spread(classification) < 0.1 * overall  # bucketed by length
+    explicit = training_batches(lengths, FinetuneConfig(batch_size=32, bucket_batches=100), True,
+                                np.random.RandomState(1))
+    assert mean_spread(explicit) < 0.1 * overall

@@ -18,6 +18,7 @@ class FinetuneConfig:
     training_steps: int = None  # total steps (overrides epochs)
     batch_size: int = 32  # examples per device and step
     dev_batch_size: int = 8  # batch size for dev and test
+    bucket_batches: int = None  # batches sorted by length together (1: random; None: 100, 1 for regression)
     init: str = "uniform"  # initialization of the task head: gaussian, uniform, orthogonal, xavier
     prob: float = 0.5  # scale of the head's initialization
     lr: float = 3e-5  # peak learning rate
