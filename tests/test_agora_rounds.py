@@ -171,6 +171,21 @@ def test_a_weak_trained_model_is_refused_in_one_line(tmp_path):
     assert "2/3" in lines[0] and not (tmp_path / "out" / "round_01").exists()
 
 
+def test_a_labeler_or_mlm_model_of_another_vocabulary_is_refused(tmp_path):
+    """A Bort labeler (or MLM head) with a WordPiece student's tokenizer: the ids would silently index the wrong
+    embedding rows (MXNet clips, never fails); both are refused in one line."""
+    task = get_task("SST-2")
+    tok = tokenizer()
+    bigger = tmp_path / "bigger" / "model_bort_SST-2.params"
+    save_task_checkpoint(build_task_model(task, get_config("bort_tiny", vocab_size=tok.vocab_size + 5)), str(bigger),
+                         task)
+    with pytest.raises(BortError, match=f"{bigger}: the checkpoint has {tok.vocab_size + 5} word embeddings but the "
+                                        f"tokenizer has {tok.vocab_size} tokens"):
+        CheckpointLabeler(task, str(bigger), tok, 32)
+    with pytest.raises(BortError, match=f"the MLM model has {tok.vocab_size + 5} word embeddings"):
+        augment.MlmReplacer(build_model(get_config("bort_tiny", vocab_size=tok.vocab_size + 5)), tok)
+
+
 def test_inference_command_keeps_the_flags_after_the_separator():
     command = inference_command("RTE", "/ck/model.params", "out/sub",
                                 ["--data_dir", "d i r", "--output_dir", "x", "--vocab_json=v.json", "--epochs", "3",

@@ -29,6 +29,9 @@ def test_paired_summary_of_five_differences():
 def test_sign_and_mcnemar_tests_are_exact_binomials():
     assert binomial_two_sided(10, 12) == pytest.approx(2 * (1 + 12 + 66) / 4096)
     assert binomial_two_sided(3, 6) == 1.0 and binomial_two_sided(0, 0) == 1.0
+    # pooled predictions have thousands of discordant pairs (8 seeds x 707 rows): no float overflow past n = 1023
+    assert binomial_two_sided(1000, 2000) == 1.0
+    assert binomial_two_sided(900, 2000) == pytest.approx(8.6e-6, rel=0.1)  # normal approx.: z = -99.5 / sqrt(500)
     a = [True] * 10 + [False] * 2 + [True] * 5 + [False] * 3  # 10 only a, 2 only b, 5 both, 3 neither
     b = [False] * 10 + [True] * 2 + [True] * 5 + [False] * 3
     s = prediction_summary(a, b)

@@ -76,7 +76,7 @@ class MlmReplacer:
     def __init__(self, model, tokenizer, low=0.1, high=0.2, top_k=5, max_length=None):
         if tokenizer.mask_id is None:
             raise BortError("the vocabulary has no <mask> token; the mlm generating function needs one")
-        if model.config.vocab_size < tokenizer.vocab_size:
+        if model.config.vocab_size != tokenizer.vocab_size:  # e.g. Bort's MLM head with a WordPiece student
             raise BortError(f"the MLM model has {model.config.vocab_size} word embeddings but the vocabulary has "
                             f"{tokenizer.vocab_size} tokens; pass the vocabulary it was trained with")
         self.model, self.tokenizer = model, tokenizer

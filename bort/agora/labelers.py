@@ -1,7 +1,7 @@
 """Agora's trained model (the labeler): anything that gives a task's examples a label, and the gate it must pass.
 
 Three kinds, each with `predict(examples) -> [label index]` (class index; COPA: choice index):
-- `CheckpointLabeler`: a task checkpoint finetune_bort.py wrote (same vocabulary as the runs).
+- `CheckpointLabeler`: a task checkpoint finetune_bort.py wrote (same vocabulary as the runs, checked).
 - `PredictionsLabeler`: any model's labels, a JSONL file of objects with the example's text fields (text_a and
   text_b; COPA: premise and choices) and `label` (as the task's files spell it, or the class index). Examples are
   matched by their whitespace-normalised text (`bort.agora.generators.example_key`); a missing one is an error.
@@ -21,6 +21,7 @@ from bort.agora.generators import example_key, text_fields
 from bort.errors import BortError
 from bort.finetune.tasks import main_score
 from bort.io import read_jsonl
+from bort.validation import check_vocab_matches
 
 MIN_SCORE = 2.0 / 3.0
 
@@ -32,6 +33,8 @@ class CheckpointLabeler:
         self.task, self.name, self.tokenizer, self.max_len, self.batch_size = task, path, tokenizer, max_len, \
             batch_size
         self.model = load_task_checkpoint(path, task)
+        # a labeler of another vocabulary (Bort for a MiniLM student) would embed the wrong tokens, silently
+        check_vocab_matches(self.model.config, tokenizer, path)
 
     def predict(self, examples):
         from bort.finetune.predict import predict_outputs

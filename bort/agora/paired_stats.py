@@ -61,7 +61,7 @@ def binomial_two_sided(k, n):
     if n == 0:
         return 1.0
     k = min(k, n - k)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n  # exact integers: 2.0 ** n overflows past n = 1023
     return min(1.0, 2.0 * tail)
 
 
