@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 
 import bort  # noqa: F401  (before mxnet, which the modules below import)
 import create_pretraining_data
@@ -97,6 +98,18 @@ def small_disk(directory, size="64k", read_only=False):
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+@contextlib.contextmanager
+def read_only_disk(directory, monkeypatch):
+    """A read-only tmpfs at `directory` for the with-block; where mounting is not allowed, creating any temporary
+    file (what every atomic write does first) fails with EROFS instead."""
+    with small_disk(directory, read_only=True) as mounted:
+        if not mounted:
+            def read_only(*args, **kwargs):
+                raise disk_error(errno.EROFS)
+            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        yield
 
 
 def fill_disk(directory, leave=0):

@@ -169,12 +169,10 @@ def test_pickled_pytorch_bin_is_refused_without_torchs_weights_only_false_advice
 
 
 def test_hf2gluon_refuses_an_output_it_cannot_write_before_converting(hf_dir, tmp_path, monkeypatch, capsys):
-    import errno
     import runpy
-    import tempfile
 
     from bort.errors import run_cli
-    from helpers import ROOT, disk_error, small_disk
+    from helpers import ROOT, read_only_disk
 
     main = runpy.run_path(os.path.join(ROOT, "scripts", "convert_checkpoint.py"))["main"]
 
@@ -195,10 +193,6 @@ def test_hf2gluon_refuses_an_output_it_cannot_write_before_converting(hf_dir, tm
     assert refused(a_file / "m.params") == f"error: {a_file}: is a file, so --output {a_file / 'm.params'} cannot " \
                                            "be created"
     disk = tmp_path / "ro"
-    with small_disk(disk, read_only=True) as mounted:
-        if not mounted:
-            def read_only(*args, **kwargs):
-                raise disk_error(errno.EROFS)
-            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with read_only_disk(disk, monkeypatch):
         assert refused(disk / "m.params") == \
             f"error: {disk / 'm.params'}: cannot write there (Read-only file system; --output)"

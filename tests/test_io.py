@@ -1,14 +1,13 @@
 """bort.io: atomic writes and appends on a full or read-only disk, and the output check done before the work."""
 import errno
 import os
-import tempfile
 
 import pytest
 
 from bort import io
 from bort.errors import BortError
 from bort.io import JsonlLogger, atomic_write, check_writable
-from helpers import disk_error, fill_disk, small_disk
+from helpers import disk_error, fill_disk, read_only_disk, small_disk
 
 
 def _one_line(func, *args, **kwargs):
@@ -25,11 +24,7 @@ def _write(path, text):
 
 def test_a_read_only_disk_is_one_line_before_and_at_the_write(tmp_path, monkeypatch):
     disk = tmp_path / "ro"
-    with small_disk(disk, read_only=True) as mounted:
-        if not mounted:
-            def read_only(*args, **kwargs):
-                raise disk_error(errno.EROFS)
-            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with read_only_disk(disk, monkeypatch):
         message = _one_line(check_writable, disk / "out", "--output_dir")
         assert message == f"{disk / 'out'}: cannot write there (Read-only file system; --output_dir)"
         message = _one_line(_write, disk / "result.json", "{}")

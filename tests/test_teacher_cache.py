@@ -300,11 +300,9 @@ def test_a_full_vocabulary_cache_passes_the_normalizer_check(shards, caches):
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_teacher_runs(shards, tmp_path, monkeypatch):
-    import errno
-    import tempfile
 
     from bort.pretrain import distill
-    from helpers import disk_error, small_disk
+    from helpers import read_only_disk
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded before the output was checked")
@@ -314,11 +312,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_teacher_runs(sha
     with pytest.raises(BortError, match=f"^{a_file}: is an existing file; --cache_dir must be a directory$"):
         build_cache(shards, str(a_file), cpu_only=True, progress=False)
     disk = tmp_path / "ro"
-    with small_disk(disk, read_only=True) as mounted:
-        if not mounted:
-            def read_only(*args, **kwargs):
-                raise disk_error(errno.EROFS)
-            monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with read_only_disk(disk, monkeypatch):
         with pytest.raises(BortError, match=r"ro/cache: cannot write there \(Read-only file system; --cache_dir\)$"):
             build_cache(shards, str(disk / "cache"), cpu_only=True, progress=False)
 
